@@ -1,0 +1,26 @@
+"""Fused Triton sigmoid focal loss for mmdetection 3.x.
+
+``import mmdet_focal_triton`` registers ``TritonFocalLoss`` in mmdet's MODELS registry (when
+mmdet is installed) and exposes the functional API ``sigmoid_focal_loss``.
+"""
+from .functional import sigmoid_focal_loss
+from .ops import backend, get_backend, input_checks_enabled, set_backend, set_input_checks
+
+__version__ = '0.1.0'
+
+__all__ = ['sigmoid_focal_loss', 'set_backend', 'get_backend', 'backend', 'set_input_checks',
+           'input_checks_enabled', '__version__']
+
+from .compat import patch_mmengine_torch_load
+
+patch_mmengine_torch_load()
+
+try:
+    import mmdet  # noqa: F401
+except ImportError:  # the functional API works without mmdet
+    pass
+else:
+    from .config_utils import swap_focal_loss  # noqa: F401
+    from .focal_loss import TritonFocalLoss, replace_mmdet_focal_loss  # noqa: F401
+
+    __all__ += ['TritonFocalLoss', 'replace_mmdet_focal_loss', 'swap_focal_loss']

@@ -1,0 +1,98 @@
+"""Shared input builders for the op tests."""
+import contextlib
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA, INTERPRETER
+
+import mmdet_focal_triton as mft
+
+# Where the op runs: PyTorch on CPU, the Triton kernels through the interpreter on CPU, CUDA.
+IMPLS = [
+    pytest.param('cpu', id='cpu-torch'),
+    pytest.param('interp', id='cpu-triton-interpreter',
+                 marks=pytest.mark.skipif(not INTERPRETER,
+                                          reason='TRITON_INTERPRET=1 is set only without a GPU')),
+    pytest.param('cuda', id='cuda-triton', marks=pytest.mark.cuda),
+]
+
+TOL = {torch.float64: 1e-5, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def device_of(impl):
+    return 'cuda' if impl == 'cuda' else 'cpu'
+
+
+def impl_context(impl):
+    if impl == 'interp':
+        return mft.backend('triton')
+    if impl == 'cpu':
+        return mft.backend('torch')
+    return contextlib.nullcontext()
+
+
+def make_generator(*key):
+    g = torch.Generator()
+    g.manual_seed(hash(key) % (2 ** 31))
+    return g
+
+
+def make_pred(N, C, dtype, device, g, layout='contiguous', scale=3.0, activated=False):
+    """Logits (or probabilities) of shape (N, C) with the requested memory layout."""
+    shape = {'contiguous': (N, C), 'strided': (N, 2 * C), 'transposed': (C, N)}[layout]
+    base = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    if activated:
+        base = torch.sigmoid(base)
+    base = base.to(dtype).to(device)
+    if layout == 'strided':  # every other column of a wider tensor
+        return base[:, ::2]
+    if layout == 'transposed':  # column-major
+        return base.t()
+    return base
+
+
+def make_target(kind, N, C, device, g):
+    if kind == 'index':
+        # about a third positives, the rest background (= C)
+        lab = torch.randint(0, C, (N,), generator=g)
+        bg = torch.rand(N, generator=g) < 0.66
+        lab[bg] = C
+        return lab.to(device)
+    if kind == 'onehot':
+        lab = torch.randint(0, C + 1, (N,), generator=g)
+        return torch.nn.functional.one_hot(lab, C + 1)[:, :C].float().to(device)
+    if kind == 'soft':
+        return torch.rand(N, C, generator=g).to(device)
+    raise ValueError(kind)
+
+
+def make_weight(kind, N, C, device, g):
+    if kind == 'none':
+        return None
+    if kind == 'row':
+        return torch.rand(N, generator=g).to(device)
+    if kind == 'row1':
+        return torch.rand(N, 1, generator=g).to(device)
+    if kind == 'elem':
+        return torch.rand(N, C, generator=g).to(device)
+    if kind == 'flat':
+        return torch.rand(N * C, generator=g).to(device)
+    raise ValueError(kind)
+
+
+def make_avg_factor(kind, device):
+    return {
+        None: None,
+        'int': 13,
+        'float': 7.5,
+        't0': torch.tensor(11.0, device=device),
+        't1': torch.tensor([9.0], device=device),
+        'tlong': torch.tensor(6, device=device),
+    }[kind]
+
+
+@pytest.fixture(autouse=False)
+def cuda_required():
+    if not HAS_CUDA:
+        pytest.skip('needs CUDA')

@@ -1,0 +1,44 @@
+"""Test configuration.
+
+Without a CUDA GPU, the Triton kernels run through the Triton interpreter on CPU tensors: it must
+be switched on before triton is first imported (kernel decoration reads TRITON_INTERPRET), so it
+is set here, before any test module imports the package.
+"""
+import os
+
+import pytest
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    HAS_CUDA = False
+
+if not HAS_CUDA:
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA GPU (runs on the GPU machine)')
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if 'cuda' in item.keywords and not HAS_CUDA:
+            item.add_marker(requires_cuda)
+
+
+@pytest.fixture
+def poison():
+    """Fill every tensor torch allocates uninitialised (torch.empty) with NaN (ints: max value),
+    so an output element a kernel forgot to write shows up as NaN."""
+    import torch
+
+    old = torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old)
+    torch.utils.deterministic.fill_uninitialized_memory = old_fill
