@@ -1,9 +1,11 @@
 """Triton kernels of the fused sigmoid focal loss.
 
-One main kernel computes, per [BLOCK_R, BLOCK_C] tile of the (R, C) logits, any of: the
-elementwise loss, a per-program partial sum of the loss, and the gradient with respect to the
-logits (already multiplied by weight, normalisation and loss weight, so that the backward pass
-only rescales). A tiny second kernel adds the partial sums in a fixed order (deterministic, no
+The main kernel computes, over a persistent grid of programs that stride through blocks of rows
+(walking each row block in column chunks), any of: the elementwise loss, a per-program partial
+sum of the loss, and the gradient with respect to the logits (already multiplied by weight,
+normalisation and loss weight, so that the backward pass only rescales). With class-index
+targets, per-row work (label, weight, validity, and the row's one positive element) is done once
+per row and the inner loop evaluates only the negative-target formula; see notes/perf.md. A tiny second kernel adds the partial sums in a fixed order (deterministic, no
 float atomics) and applies the normalisation. A third rescales the gradient in place by the
 upstream gradient in the backward pass, and does nothing when that gradient is exactly 1.
 
@@ -13,15 +15,16 @@ tensors, which is how CI exercises them.
 
 Math (p = sigmoid(x), y the target, aw = alpha*y + (1-alpha)*(1-y), pt = (1-p)*y + p*(1-y)):
     loss = BCEWithLogits(x, y) * aw * pt**gamma
-For hard targets (class indices), with z = x for a negative and z = -x for a positive:
+For hard targets (class indices), with z = x for a negative and z = -x for a positive
+(`_neg_focal`):
     BCE = softplus(z),  pt = sigmoid(z),  d loss / dz = aw * pt**gamma * (pt + gamma*BCE*(1-pt))
 so neither log(0) nor pt**(gamma-1) appears, for any finite x.
 """
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 # GAMMA_MODE: compile-time specialisation of pt ** gamma.
 GAMMA_ZERO = 0  # gamma == 0: the modulating factor is 1
@@ -36,13 +39,22 @@ WEIGHT_ELEM = 2  # one weight per element
 
 @triton.jit
 def _log1p_exp_neg(a):
-    """log1p(exp(-a)) for a >= 0, accurate to a few ulp (Goldberg's log1p trick)."""
+    """(e, log1p(e)) with e = exp(-a), a >= 0.
+
+    log1p(e) is a degree-5 Taylor polynomial for e < 1/32 (relative error < 1e-8) and
+    log2(1 + e) * ln2 above (absolute error ~6e-8 on a value >= 0.03: relative < 2e-6): one
+    transcendental instead of the two of Goldberg's trick, and accurate where the loss of a
+    confidently classified element is tiny."""
     e = tl.exp2(-a * LOG2E)
-    u = 1.0 + e
-    d = u - 1.0
-    # when 1 + e rounds to 1, log1p(e) == e to fp32 precision
-    lp = tl.where(d == 0.0, e, tl.log2(u) * LN2 * (e / tl.where(d == 0.0, 1.0, d)))
+    poly = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (-0.25 + e * 0.2))))
+    lp = tl.where(e < 0.03125, poly, tl.log2(1.0 + e) * LN2)
     return e, lp
+
+
+@triton.jit
+def _recip(x):
+    """1 / x with the fast (2 ulp) division, for x in [1, 2]."""
+    return tl.fdiv(tl.full(x.shape, 1.0, tl.float32), x, ieee_rounding=False)
 
 
 @triton.jit
@@ -58,30 +70,12 @@ def _pow_gamma(base, log2_base, gamma, GAMMA_MODE: tl.constexpr):
 
 
 @triton.jit
-def _focal_hard(x, is_pos, gamma, alpha, GAMMA_MODE: tl.constexpr):
-    """Loss and d loss / dx for 0/1 targets given as a boolean mask (fp32 logits)."""
-    z = tl.where(is_pos, -x, x)
-    e, lp = _log1p_exp_neg(tl.abs(z))
-    bce = tl.maximum(z, 0.0) + lp  # softplus(z)
-    r = 1.0 / (1.0 + e)  # sigmoid(|z|)
-    pt = tl.where(z >= 0.0, r, e * r)  # sigmoid(z), accurate on both sides
-    one_m_pt = tl.where(z >= 0.0, e * r, r)  # sigmoid(-z)
-    log2_pt = (z - bce) * LOG2E  # log sigmoid(z) = z - softplus(z)
-    mod = _pow_gamma(pt, log2_pt, gamma, GAMMA_MODE)
-    aw = tl.where(is_pos, alpha, 1.0 - alpha)
-    loss = aw * bce * mod
-    dz = aw * mod * (pt + gamma * bce * one_m_pt)
-    dx = tl.where(is_pos, -dz, dz)
-    return loss, dx
-
-
-@triton.jit
 def _focal_soft(x, y, gamma, alpha, GAMMA_MODE: tl.constexpr):
     """Loss and d loss / dx for dense (possibly soft) targets y in [0, 1] (fp32)."""
     ax = tl.abs(x)
     e, lp = _log1p_exp_neg(ax)
     bce = tl.maximum(x, 0.0) - x * y + lp
-    r = 1.0 / (1.0 + e)
+    r = _recip(1.0 + e)
     p = tl.where(x >= 0.0, r, e * r)
     q = tl.where(x >= 0.0, e * r, r)  # 1 - p, accurate
     pt = q * y + p * (1.0 - y)
@@ -121,8 +115,27 @@ def _focal_prob(p, y, gamma, alpha, GAMMA_MODE: tl.constexpr):
 
 
 @triton.jit
+def _neg_focal(x, gamma, GAMMA_MODE: tl.constexpr):
+    """Loss and d loss / dx of a *negative* (target 0) element, without the (1 - alpha) factor.
+
+    The hot path: every element of a class-index row but one is negative. A positive element
+    is the same formula at -x (z = -x below), times alpha instead of (1 - alpha)."""
+    e, lp = _log1p_exp_neg(tl.abs(x))
+    r = _recip(1.0 + e)  # sigmoid(|x|)
+    er = e * r  # sigmoid(-|x|)
+    ge = x >= 0.0
+    pt = tl.where(ge, r, er)  # sigmoid(x) = p: the modulating base of a negative
+    q = tl.where(ge, er, r)  # 1 - p
+    bce = tl.maximum(x, 0.0) + lp  # softplus(x)
+    mod = _pow_gamma(pt, (x - bce) * LOG2E, gamma, GAMMA_MODE)
+    loss = bce * mod
+    dx = mod * (pt + gamma * bce * q)
+    return loss, dx
+
+
+@triton.jit
 def focal_loss_kernel(
-    X, stride_xr, stride_xc,  # logits (probabilities if ACTIVATED), viewed as (R, C)
+    X, stride_xr, stride_xc,  # logits (probabilities if ACTIVATED), viewed as (R, C), any strides
     T, stride_tr, stride_tc,  # targets: (R,) class indices if INDEX_TARGET else (R, C) dense
     W, stride_wr, stride_wc,  # weights: (R,) if WEIGHT_MODE == 1, (R, C) if 2, unused if 0
     UP, stride_ur, stride_uc,  # upstream gradient (R, C), read only if UPSTREAM
@@ -132,9 +145,9 @@ def focal_loss_kernel(
     BAD,  # int32 (num_programs,) invalid-input flags (bit 0 label, bit 1 probability), if CHECK
     AF,  # pointer to the avg_factor tensor (one element), read only if HAS_AF
     R, C,  # rows and columns (classes)
-    n_col_blocks,  # cdiv(C, BLOCK_C)
+    num_row_blocks,  # cdiv(R, BLOCK_R); the programs stride over them (persistent grid)
     gamma, alpha,  # focal parameters
-    grad_scale,  # constant factor of the gradient (and of a 'none' loss): loss_weight / normaliser
+    grad_scale,  # factor of the gradient (and of a 'none' loss): loss_weight / normaliser
     eps,  # added to avg_factor (float32 machine epsilon, as mmdet)
     INDEX_TARGET: tl.constexpr,  # targets are class indices in [0, C], C = background
     ACTIVATED: tl.constexpr,  # X holds probabilities, not logits
@@ -142,74 +155,114 @@ def focal_loss_kernel(
     GAMMA_MODE: tl.constexpr,  # 0: gamma == 0, 2: gamma == 2, 1: any
     HAS_AF: tl.constexpr,  # divide the gradient by (avg_factor + eps), read from AF
     UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
-    WRITE_LOSS: tl.constexpr,
-    WRITE_PARTIAL: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,  # store the elementwise loss
+    WRITE_PARTIAL: tl.constexpr,  # store this program's loss sum
+    WRITE_GRAD: tl.constexpr,  # store the gradient
     CHECK: tl.constexpr,  # flag labels outside [0, C] / probabilities outside [0, 1]
-    BLOCK_R: tl.constexpr,  # rows per tile
-    BLOCK_C: tl.constexpr,  # columns per tile
+    EVEN_C: tl.constexpr,  # C % BLOCK_C == 0: no column mask
+    BLOCK_R: tl.constexpr,  # rows per block
+    BLOCK_C: tl.constexpr,  # columns per chunk; a program walks its rows chunk by chunk
 ):
-    pid = tl.program_id(0)
-    pid_r = pid // n_col_blocks
-    pid_c = pid % n_col_blocks
-    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    cols = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    rmask = rows < R
-    cmask = cols < C
-    mask = rmask[:, None] & cmask[None, :]
-
-    x = tl.load(X + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.5)
-    x = x.to(tl.float32)
-    bad = tl.zeros([BLOCK_R, BLOCK_C], tl.int32)  # bit 0: bad label, bit 1: bad probability
-    if INDEX_TARGET:
-        label = tl.load(T + rows * stride_tr, mask=rmask, other=C).to(tl.int64)
-        is_pos = cols[None, :] == label[:, None]
-        if CHECK:
-            bad_row = ((label < 0) | (label > C)) & rmask
-            bad = bad | bad_row[:, None].to(tl.int32)
-        if ACTIVATED:
-            loss, dx = _focal_prob(x, is_pos.to(tl.float32), gamma, alpha, GAMMA_MODE)
-        else:
-            loss, dx = _focal_hard(x, is_pos, gamma, alpha, GAMMA_MODE)
-    else:
-        y = tl.load(T + rows[:, None] * stride_tr + cols[None, :] * stride_tc, mask=mask, other=0)
-        y = y.to(tl.float32)
-        if ACTIVATED:
-            loss, dx = _focal_prob(x, y, gamma, alpha, GAMMA_MODE)
-        else:
-            loss, dx = _focal_soft(x, y, gamma, alpha, GAMMA_MODE)
-    if ACTIVATED:
-        if CHECK:
-            bad = bad | ((((x < 0.0) | (x > 1.0)) & mask).to(tl.int32) * 2)
-
-    if WEIGHT_MODE == 1:
-        w = tl.load(W + rows * stride_wr, mask=rmask, other=0).to(tl.float32)
-        loss = loss * w[:, None]
-        dx = dx * w[:, None]
-    elif WEIGHT_MODE == 2:
-        w = tl.load(W + rows[:, None] * stride_wr + cols[None, :] * stride_wc, mask=mask, other=0)
-        w = w.to(tl.float32)
-        loss = loss * w
-        dx = dx * w
-
-    out_offs = rows[:, None] * C + cols[None, :]
-    if WRITE_LOSS:  # reduction 'none': the elementwise loss times loss_weight (= grad_scale)
-        tl.store(LOSS + out_offs, (loss * grad_scale).to(LOSS.dtype.element_ty), mask=mask)
-    if WRITE_PARTIAL:
-        tl.store(PARTIAL + pid, tl.sum(tl.sum(tl.where(mask, loss, 0.0), axis=1), axis=0))
-    if CHECK:
-        tl.store(BAD + pid, tl.max(tl.max(bad & 1, axis=1), axis=0)
-                 | tl.max(tl.max(bad & 2, axis=1), axis=0))
+    # class-index targets with logits: negatives-only inner loop + one positive per row
+    HARD: tl.constexpr = INDEX_TARGET and not ACTIVATED
+    pid = tl.program_id(0).to(tl.int64)
+    nprog = tl.num_programs(0)
+    scale = grad_scale
     if WRITE_GRAD:
-        scale = grad_scale
         if HAS_AF:
             scale = scale / (tl.load(AF).to(tl.float32) + eps)
-        g = dx * scale
-        if UPSTREAM:
-            up = tl.load(UP + rows[:, None] * stride_ur + cols[None, :] * stride_uc, mask=mask,
-                         other=0)
-            g = g * up.to(tl.float32)
-        tl.store(GRAD + out_offs, g.to(GRAD.dtype.element_ty), mask=mask)
+    acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    bad_row = tl.zeros([BLOCK_R], tl.int32)
+    bad = tl.zeros([BLOCK_R, BLOCK_C], tl.int32)
+    for rb in range(pid, num_row_blocks, nprog):
+        rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)  # int64
+        rmask = rows < R
+        x_row = X + rows * stride_xr
+        out_row = rows * C
+        # ---- per-row work ------------------------------------------------------------------
+        w_r = tl.full([BLOCK_R], 1.0, tl.float32)
+        if WEIGHT_MODE == 1:
+            w_r = tl.load(W + rows * stride_wr, mask=rmask, other=0).to(tl.float32)
+        if INDEX_TARGET:
+            lab = tl.load(T + rows * stride_tr, mask=rmask, other=C)
+            valid = (lab >= 0) & (lab < C)
+            if CHECK:
+                bad_row = bad_row | (((lab < 0) | (lab > C)) & rmask).to(tl.int32)
+            lab32 = tl.where(valid, lab, -1).to(tl.int32)  # -1 never matches a column
+        if HARD:
+            pmask = rmask & valid
+            xp = tl.load(x_row + lab32 * stride_xc, mask=pmask, other=0.0).to(tl.float32)
+            lpos, dpos = _neg_focal(-xp, gamma, GAMMA_MODE)  # the positive: z = -x
+            w_p = w_r
+            if WEIGHT_MODE == 2:
+                w_p = tl.load(W + rows * stride_wr + lab32 * stride_wc, mask=pmask,
+                              other=0).to(tl.float32)
+            lpos_w = alpha * lpos * w_p  # its loss and gradient, weighted
+            gpos_w = -alpha * dpos * w_p * scale
+            wn_l = (1.0 - alpha) * w_r  # per-row factors of the negatives
+            wn_g = wn_l * scale
+        # ---- the row's columns, chunk by chunk ---------------------------------------------
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            if EVEN_C:
+                mask = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_C])
+            else:
+                mask = rmask[:, None] & (cols < C)[None, :]
+            x = tl.load(x_row[:, None] + cols[None, :] * stride_xc, mask=mask,
+                        other=0.5).to(tl.float32)
+            if HARD:
+                loss, dx = _neg_focal(x, gamma, GAMMA_MODE)
+                if WEIGHT_MODE == 2:
+                    w = tl.load(W + rows[:, None] * stride_wr + cols[None, :] * stride_wc,
+                                mask=mask, other=0).to(tl.float32) * (1.0 - alpha)
+                    loss = loss * w
+                    dx = dx * (w * scale)
+                else:
+                    loss = loss * wn_l[:, None]
+                    dx = dx * wn_g[:, None]
+                # one select puts the row's positive in place (a subtract-and-correct would
+                # cancel catastrophically when the positive is well classified)
+                is_pos = cols[None, :] == lab32[:, None]
+                loss = tl.where(is_pos, lpos_w[:, None], loss)
+                if WRITE_GRAD:
+                    g = tl.where(is_pos, gpos_w[:, None], dx)
+            else:
+                if INDEX_TARGET:  # activated (probability) inputs with class indices
+                    y = (cols[None, :] == lab32[:, None]).to(tl.float32)
+                else:
+                    y = tl.load(T + rows[:, None] * stride_tr + cols[None, :] * stride_tc,
+                                mask=mask, other=0).to(tl.float32)
+                if ACTIVATED:
+                    loss, dx = _focal_prob(x, y, gamma, alpha, GAMMA_MODE)
+                    if CHECK:
+                        bad = bad | ((((x < 0.0) | (x > 1.0)) & mask).to(tl.int32) * 2)
+                else:
+                    loss, dx = _focal_soft(x, y, gamma, alpha, GAMMA_MODE)
+                if WEIGHT_MODE == 2:
+                    w = tl.load(W + rows[:, None] * stride_wr + cols[None, :] * stride_wc,
+                                mask=mask, other=0).to(tl.float32)
+                    loss = loss * w
+                    dx = dx * w
+                elif WEIGHT_MODE == 1:
+                    loss = loss * w_r[:, None]
+                    dx = dx * w_r[:, None]
+                g = dx * scale
+            if WRITE_PARTIAL:
+                acc += tl.where(mask, loss, 0.0)
+            if WRITE_LOSS:
+                tl.store(LOSS + out_row[:, None] + cols[None, :],
+                         (loss * grad_scale).to(LOSS.dtype.element_ty), mask=mask)
+            if WRITE_GRAD:
+                if UPSTREAM:
+                    up = tl.load(UP + rows[:, None] * stride_ur + cols[None, :] * stride_uc,
+                                 mask=mask, other=0)
+                    g = g * up.to(tl.float32)
+                tl.store(GRAD + out_row[:, None] + cols[None, :], g.to(GRAD.dtype.element_ty),
+                         mask=mask)
+    if WRITE_PARTIAL:
+        tl.store(PARTIAL + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
+    if CHECK:
+        tl.store(BAD + pid, tl.max(bad_row, axis=0) | tl.max(tl.max(bad & 2, axis=1), axis=0))
 
 
 @triton.jit

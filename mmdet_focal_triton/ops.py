@@ -116,12 +116,34 @@ def _gamma_mode(gamma: float) -> int:
     return 1
 
 
-def _tile(C: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_C, num_warps) for C classes; see notes/perf.md for how these were chosen."""
-    block_c = min(triton.next_power_of_2(max(C, 1)), 128)
-    tile = 4096 if dtype == torch.float32 else 8192
-    block_r = max(1, tile // block_c)
-    return block_r, block_c, 8
+# Launch configuration; see notes/perf.md for how these were measured. Tools may override
+# entries (tools/sweep_tuning.py) to try others.
+TUNING = {
+    'tile': 2048,  # BLOCK_R * BLOCK_C elements per chunk
+    'num_warps': 8,
+    'programs_per_sm': 4,  # persistent grid: this many programs per multiprocessor
+    'interpreter_programs': 3,  # grid size under the Triton interpreter (CPU)
+}
+_SM_COUNT = {}
+
+
+def _max_programs(dev: torch.device) -> int:
+    if dev.type != 'cuda':
+        return TUNING['interpreter_programs']
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx] * TUNING['programs_per_sm']
+
+
+def block_shape(C: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_C): the column chunk wastes the fewest padded lanes (80 -> 16 = 5 chunks,
+    1203 -> 64 = 19 chunks), the widest among equals; rows fill the tile."""
+    if C <= 16:
+        block_c = triton.next_power_of_2(max(C, 1))
+    else:
+        block_c = min((16, 32, 64, 128), key=lambda w: (triton.cdiv(C, w) * w - C, -w))
+    return max(1, TUNING['tile'] // block_c), block_c
 
 
 def _as_2d(t: Tensor, R: int, C: int) -> Tensor:
@@ -131,16 +153,21 @@ def _as_2d(t: Tensor, R: int, C: int) -> Tensor:
     return t.reshape(R, C)
 
 
+def _strides(t: Optional[Tensor], per_row: bool) -> tuple[int, int]:
+    if t is None:
+        return 0, 0
+    return (t.stride(0), 0) if per_row else (t.stride(0), t.stride(1))
+
+
 def _launch(pred2, target, weight, avg_factor, upstream, gamma, alpha, grad_scale, out_scale,
             reduction, weight_mode, index_target, activated, write_grad, check, out_dtype,
             loss_shape):
-    """Run the fused kernels on (R, C)-shaped pred2. Returns (loss, grad, bad_count_tensor)."""
+    """Run the fused kernels on (R, C)-shaped pred2. Returns (loss, grad, flags tensor)."""
     R, C = pred2.shape
     dev = pred2.device
-    block_r, block_c, num_warps = _tile(C, pred2.dtype)
-    n_cb = triton.cdiv(C, block_c)
-    grid = (triton.cdiv(R, block_r) * n_cb,)
-    P = grid[0]
+    block_r, block_c = block_shape(C)
+    num_row_blocks = triton.cdiv(R, block_r)
+    P = min(num_row_blocks, _max_programs(dev))
     write_loss = reduction == NONE and upstream is None
     write_partial = reduction != NONE
     loss = torch.empty(loss_shape if write_loss else (0,), dtype=out_dtype, device=dev)
@@ -148,48 +175,35 @@ def _launch(pred2, target, weight, avg_factor, upstream, gamma, alpha, grad_scal
     partial = torch.empty(P if write_partial else 0, dtype=torch.float32, device=dev)
     bad = torch.empty(P if check else 0, dtype=torch.int32, device=dev)
     dummy = pred2  # never dereferenced where its flag is off
-    if index_target:
-        t_strides = (target.stride(0), 0)
-    else:
-        t_strides = target.stride()
-    if weight_mode == WEIGHT_ROW:
-        w_strides = (weight.stride(0), 0)
-    elif weight_mode == WEIGHT_ELEM:
-        w_strides = weight.stride()
-    else:
-        w_strides = (0, 0)
-    up_strides = upstream.stride() if upstream is not None else (0, 0)
     has_af = isinstance(avg_factor, Tensor)
     with torch.cuda.device(dev) if dev.type == 'cuda' else contextlib.nullcontext():
-        K.focal_loss_kernel[grid](
+        K.focal_loss_kernel[(P,)](
             pred2, pred2.stride(0), pred2.stride(1),
-            target, t_strides[0], t_strides[1],
-            weight if weight is not None else dummy, w_strides[0], w_strides[1],
-            upstream if upstream is not None else dummy, up_strides[0], up_strides[1],
-            loss if write_loss else dummy,
-            grad if write_grad else dummy,
-            partial if write_partial else dummy,
-            bad if check else dummy,
+            target, *_strides(target, index_target),
+            weight if weight is not None else dummy, *_strides(weight, weight_mode == WEIGHT_ROW),
+            upstream if upstream is not None else dummy, *_strides(upstream, False),
+            loss if write_loss else dummy, grad if write_grad else dummy,
+            partial if write_partial else dummy, bad if check else dummy,
             avg_factor if has_af else dummy,
-            R, C, n_cb, float(gamma), float(alpha), float(grad_scale), EPS,
+            R, C, num_row_blocks, float(gamma), float(alpha), float(grad_scale), EPS,
             INDEX_TARGET=index_target, ACTIVATED=activated, WEIGHT_MODE=weight_mode,
             GAMMA_MODE=_gamma_mode(gamma), HAS_AF=has_af, UPSTREAM=upstream is not None,
             WRITE_LOSS=write_loss, WRITE_PARTIAL=write_partial, WRITE_GRAD=write_grad,
-            CHECK=check, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
-        )
+            CHECK=check, EVEN_C=C % block_c == 0, BLOCK_R=block_r, BLOCK_C=block_c,
+            num_warps=TUNING['num_warps'])
         bad_total = None
+        fblock = max(triton.next_power_of_2(P), 16)
         if write_partial:
             out = torch.empty(loss_shape, dtype=out_dtype, device=dev)
             bad_total = torch.empty(1 if check else 0, dtype=torch.int32, device=dev)
             K.finalize_kernel[(1,)](
                 partial, bad if check else partial, P, out,
                 bad_total if check else partial, avg_factor if has_af else partial,
-                float(out_scale), EPS, HAS_AF=has_af, CHECK=check, BLOCK=1024, num_warps=4,
-            )
+                float(out_scale), EPS, HAS_AF=has_af, CHECK=check, BLOCK=fblock, num_warps=4)
             loss = out
         elif check:
             bad_total = torch.empty(1, dtype=torch.int32, device=dev)
-            K.check_kernel[(1,)](bad, P, bad_total, BLOCK=1024, num_warps=4)
+            K.check_kernel[(1,)](bad, P, bad_total, BLOCK=fblock, num_warps=4)
     return loss, grad, bad_total
 
 

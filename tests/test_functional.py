@@ -124,6 +124,33 @@ def test_extreme_logits(impl, dtype, scale, target_kind, poison):
 
 
 @pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+@pytest.mark.parametrize('C', [1, 80, 1203])
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_confident_predictions(impl, dtype, C, reduction, poison):
+    """Late in training every logit is confidently right: positives large, negatives very
+    negative, every loss tiny. Relative accuracy must hold there too (no cancellation)."""
+    dev = device_of(impl)
+    N = 40 if C > 80 else 300
+    g = make_generator('confident', impl, str(dtype), C, reduction)
+    lab = make_target('index', N, C, 'cpu', g)
+    onehot = torch.nn.functional.one_hot(lab, C + 1)[:, :C].bool()
+    mag = torch.rand(N, C, generator=g, dtype=torch.float64) * 12 + 3
+    pred = torch.where(onehot, mag, -mag).to(dtype).to(dev).requires_grad_(True)
+    w = torch.rand(N, generator=g).to(dev)
+    with impl_context(impl):
+        out = sigmoid_focal_loss(pred, lab.to(dev), w, reduction=reduction, avg_factor=5.0)
+        # fp16 training runs under a GradScaler (2**16 by default): gradients stay out of fp16's
+        # subnormal range, where a stored value cannot be accurate to 1 % anyway
+        up = torch.ones_like(out) * (2.0 ** 12 if dtype == torch.float16 else 0.3)
+        (grad,) = torch.autograd.grad(out, pred, up)
+    xr = pred.detach().double().cpu().requires_grad_(True)
+    ref = reference_focal_loss(xr, lab, w.cpu(), reduction=reduction, avg_factor=5.0)
+    (gref,) = torch.autograd.grad(ref, xr, up.double().cpu())
+    assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, gref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize('impl', IMPLS)
 def test_dense_nd_and_1d(impl, poison):
     """Dense targets of any number of dims (Grounding DINO passes (B, Q, C)); 1-D too."""
     dev = 'cuda' if impl == 'cuda' else 'cpu'
