@@ -119,9 +119,10 @@ def _gamma_mode(gamma: float) -> int:
 # Launch configuration; see notes/perf.md for how these were measured. Tools may override
 # entries (tools/sweep_tuning.py) to try others.
 TUNING = {
-    'tile': 2048,  # BLOCK_R * BLOCK_C elements per chunk
+    'tile': None,  # BLOCK_R * BLOCK_C elements per chunk; None: chosen per C by `block_shape`
     'num_warps': 8,
-    'programs_per_sm': 4,  # persistent grid: this many programs per multiprocessor
+    'programs_per_sm': 8,  # persistent grid: this many programs per multiprocessor
+    'block_c': None,  # column chunk width; None: chosen per C by `block_shape`
     'interpreter_programs': 3,  # grid size under the Triton interpreter (CPU)
 }
 _SM_COUNT = {}
@@ -137,13 +138,18 @@ def _max_programs(dev: torch.device) -> int:
 
 
 def block_shape(C: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_C): the column chunk wastes the fewest padded lanes (80 -> 16 = 5 chunks,
-    1203 -> 64 = 19 chunks), the widest among equals; rows fill the tile."""
-    if C <= 16:
+    """(BLOCK_R, BLOCK_C) for C classes: the column chunk pads the fewest lanes, the widest
+    among equals (80 -> 16, five chunks; 1203 -> 64, 19 chunks; C <= 16 -> one chunk).
+    Rows fill a tile of 2048 elements for chunks of 16 and 1024 above (the measured best on
+    an H200, notes/perf.md)."""
+    if TUNING['block_c']:
+        block_c = TUNING['block_c']
+    elif C <= 16:
         block_c = triton.next_power_of_2(max(C, 1))
     else:
         block_c = min((16, 32, 64, 128), key=lambda w: (triton.cdiv(C, w) * w - C, -w))
-    return max(1, TUNING['tile'] // block_c), block_c
+    tile = TUNING['tile'] or (2048 if block_c <= 16 else 1024)
+    return max(1, tile // block_c), block_c
 
 
 def _as_2d(t: Tensor, R: int, C: int) -> Tensor:
@@ -192,7 +198,7 @@ def _launch(pred2, target, weight, avg_factor, upstream, gamma, alpha, grad_scal
             CHECK=check, EVEN_C=C % block_c == 0, BLOCK_R=block_r, BLOCK_C=block_c,
             num_warps=TUNING['num_warps'])
         bad_total = None
-        fblock = max(triton.next_power_of_2(P), 16)
+        fblock = min(max(triton.next_power_of_2(P), 16), 4096)
         if write_partial:
             out = torch.empty(loss_shape, dtype=out_dtype, device=dev)
             bad_total = torch.empty(1 if check else 0, dtype=torch.int32, device=dev)
@@ -447,9 +453,11 @@ def _setup_context(ctx, inputs, output):
     else:
         ctx.write_grad = write_grad
         ctx.save_for_backward(output[1])
-        # Also kept as a plain attribute for a second backward (retain_graph=True): the first one
-        # rescales the saved buffer in place, after which unpacking it trips the version check.
-        ctx.grad_buf = output[1]
+        # Also kept (as another tensor object on the same memory) for a second backward
+        # (retain_graph=True): the first one rescales the saved buffer in place, after which
+        # unpacking it trips the version check. A separate object keeps the returned gradient's
+        # reference count at one, so autograd adopts it as .grad instead of copying it.
+        ctx.grad_buf = output[1].detach()
         ctx.first_scale = None
     ctx.set_materialize_grads(False)
 

@@ -75,7 +75,8 @@ def test_activated(impl, dtype, target_kind, reduction, af_kind, poison):
 
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('N,C', [(0, 80), (1, 80), (1, 1), (7, 1), (333, 1), (5, 1203),
-                                 (1, 1203), (0, 1), (257, 80), (2049, 3), (3, 17)])
+                                 (1, 1203), (0, 1), (257, 80), (2049, 3), (3, 17), (9, 20),
+                                 (33, 48), (5, 256), (130, 12)])
 @pytest.mark.parametrize('target_kind', ['index', 'soft'])
 @pytest.mark.parametrize('reduction,af_kind', [('none', None), ('mean', 't1'), ('sum', None),
                                                ('mean', None)])

@@ -64,7 +64,7 @@ def main(argv=None):
                     AF='*fp32')
         for kname, fn, extra in [
                 ('even', K.focal_loss_kernel, dict(EVEN_C=True, BLOCK_R=128, BLOCK_C=16)),
-                ('masked', K.focal_loss_kernel, dict(EVEN_C=False, BLOCK_R=32, BLOCK_C=64))]:
+                ('masked', K.focal_loss_kernel, dict(EVEN_C=False, BLOCK_R=16, BLOCK_C=64))]:
             if args.quick and kname == 'masked' and consts['WEIGHT_MODE'] != 1:
                 continue
             try:
