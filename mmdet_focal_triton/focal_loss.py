@@ -1,5 +1,4 @@
 """`TritonFocalLoss`: mmdet's `FocalLoss` interface, computed by the fused op."""
-from typing import Optional, Union
 
 import torch.nn as nn
 from mmdet.registry import MODELS
@@ -33,9 +32,9 @@ class TritonFocalLoss(nn.Module):
         self.loss_weight = loss_weight
         self.activated = activated
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                avg_factor: Union[None, int, float, Tensor] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                avg_factor: None | int | float | Tensor = None,
+                reduction_override: str | None = None) -> Tensor:
         """Same arguments as mmdet's ``FocalLoss.forward``: class-index (N,) targets with
         background = num_classes, or dense targets of pred's shape."""
         assert reduction_override in (None, 'none', 'mean', 'sum')

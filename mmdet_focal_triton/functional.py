@@ -1,7 +1,6 @@
 """Functional API: `sigmoid_focal_loss`, mmdet 3.3.0 `FocalLoss` semantics on any device."""
 import math
 import numbers
-from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -19,7 +18,7 @@ def _check_tensor(name: str, t, pred: Tensor) -> None:
                          'put them on the same device')
 
 
-def _weight_mode(weight: Optional[Tensor], pred: Tensor) -> tuple[int, Optional[Tensor]]:
+def _weight_mode(weight: Tensor | None, pred: Tensor) -> tuple[int, Tensor | None]:
     """Classify `weight` the way mmdet's py_sigmoid_focal_loss broadcasts it."""
     if weight is None:
         return ops.WEIGHT_NONE, None
@@ -37,7 +36,7 @@ def _weight_mode(weight: Optional[Tensor], pred: Tensor) -> tuple[int, Optional[
                                            if pred.dim() == 2 else ''))
 
 
-def _out_dtype(pred: Tensor, weight: Optional[Tensor], avg_factor, reduction: str) -> torch.dtype:
+def _out_dtype(pred: Tensor, weight: Tensor | None, avg_factor, reduction: str) -> torch.dtype:
     """The dtype mmdet's FocalLoss returns for these inputs (torch type promotion)."""
     dt = pred.dtype
     if weight is not None:  # loss * weight, both with dimensions
@@ -49,9 +48,9 @@ def _out_dtype(pred: Tensor, weight: Optional[Tensor], avg_factor, reduction: st
     return dt
 
 
-def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
                        gamma: float = 2.0, alpha: float = 0.25, reduction: str = 'mean',
-                       avg_factor: Union[None, float, int, Tensor] = None, *,
+                       avg_factor: None | float | int | Tensor = None, *,
                        activated: bool = False, loss_weight: float = 1.0) -> Tensor:
     """Sigmoid focal loss with exactly the semantics of mmdet 3.3.0's ``FocalLoss``.
 

@@ -5,8 +5,9 @@ The main kernel computes, over a persistent grid of programs that stride through
 sum of the loss, and the gradient with respect to the logits (already multiplied by weight,
 normalisation and loss weight, so that the backward pass only rescales). With class-index
 targets, per-row work (label, weight, validity, and the row's one positive element) is done once
-per row and the inner loop evaluates only the negative-target formula; see notes/perf.md. A tiny second kernel adds the partial sums in a fixed order (deterministic, no
-float atomics) and applies the normalisation. A third rescales the gradient in place by the
+per row and the inner loop evaluates only the negative-target formula; see notes/perf.md.
+A tiny second kernel adds the partial sums in a fixed order (deterministic, no float atomics)
+and applies the normalisation. A third rescales the gradient in place by the
 upstream gradient in the backward pass, and does nothing when that gradient is exactly 1.
 
 All arithmetic is fp32 whatever the storage dtype; offsets are int64. The kernels use only core

@@ -1,4 +1,4 @@
-"""The focal-loss operator: Triton launcher, PyTorch (CPU) path, torch.library registration, autograd.
+"""The focal-loss operator: Triton launcher, PyTorch (CPU) path, torch.library op, autograd.
 
 `torch.ops.mmdet_focal_triton.focal_loss` is a custom op (opaque to torch.compile, with a fake
 implementation, so a compiled function that calls it has no graph break). Its forward returns the
@@ -14,7 +14,6 @@ interpreter when `TRITON_INTERPRET=1` and the backend is forced to 'triton' (see
 """
 import contextlib
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -91,7 +90,8 @@ def _use_triton(t: Tensor) -> bool:
         return True
     if _BACKEND == 'triton':
         if not HAS_TRITON or os.environ.get('TRITON_INTERPRET') != '1':
-            raise RuntimeError("backend 'triton' on CPU tensors needs triton and TRITON_INTERPRET=1")
+            raise RuntimeError("backend 'triton' on CPU tensors needs triton and "
+                               'TRITON_INTERPRET=1')
         return True
     return False
 
@@ -159,7 +159,7 @@ def _as_2d(t: Tensor, R: int, C: int) -> Tensor:
     return t.reshape(R, C)
 
 
-def _strides(t: Optional[Tensor], per_row: bool) -> tuple[int, int]:
+def _strides(t: Tensor | None, per_row: bool) -> tuple[int, int]:
     if t is None:
         return 0, 0
     return (t.stride(0), 0) if per_row else (t.stride(0), t.stride(1))
@@ -385,8 +385,8 @@ def _forward_impl(pred, target, weight, avg_factor, upstream, gamma, alpha, grad
 
 
 @torch.library.custom_op('mmdet_focal_triton::focal_loss', mutates_args=())
-def focal_loss_op(pred: Tensor, target: Tensor, weight: Optional[Tensor],
-                  avg_factor: Optional[Tensor], gamma: float, alpha: float, grad_scale: float,
+def focal_loss_op(pred: Tensor, target: Tensor, weight: Tensor | None,
+                  avg_factor: Tensor | None, gamma: float, alpha: float, grad_scale: float,
                   out_scale: float, reduction: int, weight_mode: int, index_target: bool,
                   activated: bool, write_grad: bool, check: bool,
                   out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -410,7 +410,7 @@ def _(pred, target, weight, avg_factor, gamma, alpha, grad_scale, out_scale, red
 
 @torch.library.custom_op('mmdet_focal_triton::focal_loss_none_backward', mutates_args=())
 def focal_loss_none_backward_op(upstream: Tensor, pred: Tensor, target: Tensor,
-                                weight: Optional[Tensor], gamma: float, alpha: float,
+                                weight: Tensor | None, gamma: float, alpha: float,
                                 grad_scale: float, weight_mode: int, index_target: bool,
                                 activated: bool) -> Tensor:
     """Backward of reduction='none': upstream * d(loss)/d(pred), recomputed in one pass."""

@@ -5,8 +5,7 @@ import zlib
 
 import pytest
 import torch
-
-from conftest import HAS_CUDA, INTERPRETER
+from conftest import INTERPRETER
 
 import mmdet_focal_triton as mft
 
@@ -97,9 +96,3 @@ def make_avg_factor(kind, device):
         't1': torch.tensor([9.0], device=device),
         'tlong': torch.tensor(6, device=device),
     }[kind]
-
-
-@pytest.fixture(autouse=False)
-def cuda_required():
-    if not HAS_CUDA:
-        pytest.skip('needs CUDA')

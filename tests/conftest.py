@@ -20,7 +20,8 @@ if not HAS_CUDA:
 
 INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA GPU (runs on the GPU machine)')
+requires_cuda = pytest.mark.skipif(not HAS_CUDA,
+                                   reason='needs a CUDA GPU (runs on the GPU machine)')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,3 +43,15 @@ def poison():
     yield
     torch.use_deterministic_algorithms(old)
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """CPU CI has 2 cores shared with pytest itself: with 2 intra-op threads the OpenMP pool
+    oversubscribes and small convolutions run up to 10x slower than with one."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

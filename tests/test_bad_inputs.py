@@ -1,7 +1,6 @@
 """Every bad input of SPEC §2 raises a clear Python exception that names the argument."""
 import pytest
 import torch
-
 from _inputs import IMPLS, device_of, impl_context
 from reference import reference_focal_loss, rel_err
 

@@ -6,9 +6,17 @@ gradient with SPEC §3's relative-norm tolerances (1e-5 fp32/fp64, 1e-2 fp16/bf1
 """
 import pytest
 import torch
-
-from _inputs import (IMPLS, TOL, device_of, impl_context, make_avg_factor, make_generator,
-                     make_pred, make_target, make_weight)
+from _inputs import (
+    IMPLS,
+    TOL,
+    device_of,
+    impl_context,
+    make_avg_factor,
+    make_generator,
+    make_pred,
+    make_target,
+    make_weight,
+)
 from reference import reference_focal_loss, rel_err
 
 from mmdet_focal_triton import sigmoid_focal_loss

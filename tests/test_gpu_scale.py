@@ -8,7 +8,6 @@ import os
 
 import pytest
 import torch
-
 from reference import reference_focal_loss, rel_err
 
 from mmdet_focal_triton import sigmoid_focal_loss

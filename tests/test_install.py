@@ -22,9 +22,9 @@ def test_retinanet_from_mmdet_config_loss_forward_cpu():
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     from mmdet.utils import register_all_modules
-    from mmdet_focal_triton.mm_utils import load_mmdet_config
 
     import mmdet_focal_triton  # noqa: F401
+    from mmdet_focal_triton.mm_utils import load_mmdet_config
 
     register_all_modules()
     cfg = load_mmdet_config('retinanet/retinanet_r50_fpn_1x_coco.py')

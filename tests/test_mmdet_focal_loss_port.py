@@ -42,15 +42,7 @@ from mmengine.structures import InstanceData
 import mmdet_focal_triton  # noqa: F401  (registers TritonFocalLoss)
 from mmdet_focal_triton import TritonFocalLoss
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_torch_thread():
-    """CPU CI has 2 cores shared with pytest itself: with 2 intra-op threads the OpenMP pool
-    oversubscribes and these small convolutions run up to 10x slower than with one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _close(a, b, tol=1e-5):

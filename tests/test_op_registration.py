@@ -2,7 +2,6 @@
 a second backward through a retained graph."""
 import pytest
 import torch
-
 from _inputs import IMPLS, device_of, impl_context, make_generator, make_pred, make_target
 from reference import reference_focal_loss, rel_err
 

@@ -43,14 +43,7 @@ from mmdet_focal_triton import TritonFocalLoss, swap_focal_loss
 register_all_modules(init_default_scope=True)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_torch_thread():
-    """CPU CI has 2 cores shared with pytest itself: with 2 intra-op threads the OpenMP pool
-    oversubscribes and these small convolutions run up to 10x slower than with one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')

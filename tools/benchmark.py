@@ -33,7 +33,6 @@ import os
 import os.path as osp
 import platform
 import sys
-import time
 import traceback
 
 import torch
@@ -58,6 +57,7 @@ def retinanet_level_rows(batch, img_hw=(800, 1344)):
     'same'-style padding rounds up: 800 -> 100, 50, 25, 13, 7 for strides 8..128)."""
     from mmdet.registry import TASK_UTILS
     from mmdet.utils import register_all_modules
+
     from mmdet_focal_triton.mm_utils import load_mmdet_config
 
     register_all_modules()
@@ -182,7 +182,7 @@ def copy_bandwidth(device):
     x = torch.empty(n, device=device).normal_()
     y = torch.empty_like(x)
     ms = do_bench(lambda: y.copy_(x), warmup=25, rep=200, return_mode='median')
-    del x, y
+    x = y = None  # free the 2 GiB before the benchmark
     return 2 * 4 * n / (ms * 1e-3) / 1e9
 
 
@@ -340,11 +340,10 @@ def main(argv=None):
                                                    else ['fp32']))]
     shapes = [parse_shape(s) for s in args.shapes] if args.shapes else default_shapes(args.quick)
 
+    import torch._dynamo as dynamo
     from rich.progress import Progress
 
-    import torch._dynamo
-
-    torch._dynamo.config.recompile_limit = 64  # dtypes x shapes of the compiled peer
+    dynamo.config.recompile_limit = 64  # dtypes x shapes of the compiled peer
 
     import mmdet_focal_triton  # noqa: F401  (registers the loss, patches mmengine)
 
@@ -400,7 +399,7 @@ def main(argv=None):
     print(f'\nloss + backward, median ms ({dev_name}); peak MiB above inputs; x floor')
     hdr = f"{'shape':<20}{'dtype':<10}" + ''.join(f'{i:>22}' for i in impls)
     print(hdr)
-    for name, N, C in shapes:
+    for name, _, _ in shapes:
         for dtype in dtypes:
             dt = str(dtype).replace('torch.', '')
             cells = []

@@ -72,8 +72,9 @@ def make_batch(model, batch, hw, device, seed=0):
 
 def build(variant, precision, state_dict=None):
     from mmdet.registry import MODELS
-    from mmdet_focal_triton.mm_utils import load_mmdet_config
     from mmengine.optim import build_optim_wrapper
+
+    from mmdet_focal_triton.mm_utils import load_mmdet_config
 
     cfg = load_mmdet_config('retinanet/retinanet_r50_fpn_1x_coco.py')
     cfg.model.backbone.init_cfg = None  # offline
@@ -126,8 +127,9 @@ def main(argv=None):
         print('benchmark_e2e needs a CUDA GPU')
         return 1
 
-    import mmdet_focal_triton as mft
     from mmdet.utils import register_all_modules
+
+    import mmdet_focal_triton as mft
 
     register_all_modules()
     register_zero_loss()

@@ -84,7 +84,7 @@ def main():
               f'{nbytes / bw / 1e6:.3f} ms')
         for k, v in res.items():
             print(f'  {k:28s} {v:.4f} ms  {nbytes / (v * 1e-3) / 1e9 / bw:.3f} of copy bw')
-        del x, y, pred
+        x = y = pred = None
         torch.cuda.empty_cache()
 
 

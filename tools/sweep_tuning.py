@@ -17,8 +17,7 @@ import torch
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from benchmark import (DTYPES, copy_bandwidth, fused_bytes, make_inputs,  # noqa: E402
-                       parse_shape)
+from benchmark import DTYPES, copy_bandwidth, fused_bytes, make_inputs, parse_shape  # noqa: E402
 
 
 def kernel_ms(fn, pred, iters=20):
@@ -97,7 +96,7 @@ def main(argv=None):
             for r in rows[:args.top]:
                 print(f'  {r[0]:.4f} {r[1]:.4f}  {r[2]:.3f} {r[3]:.3f}  tile={r[4]} '
                       f'warps={r[5]} ppsm={r[6]}  wall {r[7]:.4f} {r[8]:.4f}')
-            del pred, lab, w, af
+            pred = lab = w = af = None
             torch.cuda.empty_cache()
     return 0
 
