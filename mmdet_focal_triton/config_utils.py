@@ -2,10 +2,10 @@
 
 Typical use, from a script or notebook::
 
-    from mmengine.config import Config
     from mmdet_focal_triton import swap_focal_loss
+    from mmdet_focal_triton.mm_utils import load_mmdet_config
 
-    cfg = Config.fromfile('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+    cfg = load_mmdet_config('retinanet/retinanet_r50_fpn_1x_coco.py')  # or Config.fromfile(path)
     n = swap_focal_loss(cfg)   # -> 1: bbox_head.loss_cls is now TritonFocalLoss
 
 ``tools/train.py --triton-focal CONFIG`` does the same for any config on the command line.
