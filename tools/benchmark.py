@@ -313,8 +313,8 @@ def main(argv=None):
     ap.add_argument('--dtypes', nargs='+', default=None, choices=list(DTYPES),
                     help='default: fp32 fp16 bf16 (CPU: fp32)')
     ap.add_argument('--shapes', nargs='+', default=None,
-                    help="e.g. 2.4Mx80 300kx1203 (default on CUDA: RetinaNet levels at batch 2 and 16 "
-                         "for 800x1344, 2.4Mx80, 300kx1203; on CPU: two small shapes)")
+                    help='e.g. 2.4Mx80 300kx1203 (default on CUDA: RetinaNet levels at batch 2 '
+                         'and 16 for 800x1344, 2.4Mx80, 300kx1203; on CPU: two small shapes)')
     ap.add_argument('--quick', action='store_true', help='tiny shapes, short timing (CI)')
     ap.add_argument('--out-dir', default='work_dirs/benchmark')
     ap.add_argument('--csv', default=None, help='CSV to append to (default OUT_DIR/results.csv)')
