@@ -161,6 +161,29 @@ def build_cfg(args):
     return cfg
 
 
+def setup_cpu_distributed(cfg):
+    """torchrun on a machine without CUDA: train in CPU processes over gloo.
+
+    mmengine's own `init_dist('pytorch')` calls `torch.cuda.set_device`, and its DDP wrapper
+    passes `device_ids=[LOCAL_RANK]`, both of which fail without a GPU; so the process group is
+    initialised here (the Runner then skips its own) and DDP gets no device ids. Lets the
+    distributed path (`tools/dist_train.sh CONFIG 2`) run, and be tested, on CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                   find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper.update(cfg.get('model_wrapper_cfg') or {})
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+    return True
+
+
 def build_runner(cfg):
     # build the runner from config
     if 'runner_type' not in cfg:
@@ -179,6 +202,7 @@ def main(argv=None):
     setup_cache_size_limit_of_dynamo()
 
     cfg = build_cfg(args)
+    setup_cpu_distributed(cfg)
     runner = build_runner(cfg)
 
     # start training
