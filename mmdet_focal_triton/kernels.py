@@ -27,15 +27,9 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-# GAMMA_MODE: compile-time specialisation of pt ** gamma.
-GAMMA_ZERO = 0  # gamma == 0: the modulating factor is 1
-GAMMA_TWO = 2  # gamma == 2 (the default): pt * pt, no transcendental
-GAMMA_ANY = 1  # anything else: exp2(gamma * log2(pt))
-
-# WEIGHT_MODE
-WEIGHT_NONE = 0
-WEIGHT_ROW = 1  # one weight per row, broadcast over the classes
-WEIGHT_ELEM = 2  # one weight per element
+# Compile-time modes (chosen by ops.py): GAMMA_MODE 0 (gamma == 0: the modulating factor is 1),
+# 2 (gamma == 2, the default: pt * pt, no transcendental), 1 (any other: exp2(gamma*log2(pt)));
+# WEIGHT_MODE 0 (none), 1 (one weight per row), 2 (one weight per element).
 
 
 @triton.jit
