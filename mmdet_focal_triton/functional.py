@@ -81,11 +81,15 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
     needs a gradient, writes d loss / d pred in the same pass; no (N, C) loss tensor is written
     for 'mean' / 'sum'; the sum is reduced deterministically by a second one-program kernel.
     Class labels outside [0, C] (and probabilities outside [0, 1] when activated) are detected
-    inside that pass, at no extra read of the data; raising the ValueError needs their count on
-    the host, which costs one device-to-host synchronisation per call.
-    ``mmdet_focal_triton.set_input_checks(False)`` (or MMDET_FOCAL_TRITON_CHECK=0) removes it:
-    such labels then count as background. Argument errors (types, shapes, devices) cost nothing
-    on the device and raise TypeError / ValueError naming the argument.
+    inside that pass, at no extra read of the data. By default the ValueError is raised without
+    a host synchronisation: on CUDA at the first point after the call where the flag is known
+    without waiting (the backward of that loss, the next call, or
+    ``mmdet_focal_triton.check_pending_inputs()``); on CPU in the call itself.
+    ``set_input_checks('sync')`` raises in the call itself at the cost of one
+    device-to-host synchronisation; ``set_input_checks(False)`` (or MMDET_FOCAL_TRITON_CHECK=off)
+    turns the check off: such labels then count as background, and nothing reads out of bounds.
+    Argument errors (types, shapes, devices) cost nothing on the device and raise
+    TypeError / ValueError naming the argument.
     """
     if not isinstance(pred, Tensor):
         raise TypeError(f'pred must be a torch.Tensor, got {type(pred).__name__}')
@@ -153,7 +157,7 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
     out_dtype = _out_dtype(pred, weight, af_tensor if red == ops.MEAN else None, reduction)
     write_grad = red != ops.NONE and pred.requires_grad and torch.is_grad_enabled()
     check = ops.input_checks_enabled() and (index_target or activated)
-    loss, _ = torch.ops.mmdet_focal_triton.focal_loss(
+    loss, _ = ops.focal_loss(
         pred, target, weight, af_tensor if red == ops.MEAN else None, float(gamma), float(alpha),
         scale, scale, red, weight_mode, index_target, bool(activated), write_grad, check,
         out_dtype)

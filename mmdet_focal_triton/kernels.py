@@ -33,7 +33,30 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _log1p_exp_neg(a):
+def _log2_1_2(x, FAST: tl.constexpr):
+    """log2(x) for x in [1, 2]: the MUFU instruction (absolute error ~2^-22) on the GPU,
+    instead of the accurate libm expansion (~20 instructions) that `tl.log2` becomes."""
+    if FAST:
+        r = tl.inline_asm_elementwise('lg2.approx.ftz.f32 $0, $1;', '=r,r', [x],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        r = tl.log2(x)
+    return r
+
+
+@triton.jit
+def _recip_1_2(x, FAST: tl.constexpr):
+    """1 / x for x in [1, 2]: one MUFU instruction (1 ulp) on the GPU."""
+    if FAST:
+        r = tl.inline_asm_elementwise('rcp.approx.ftz.f32 $0, $1;', '=r,r', [x],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        r = tl.fdiv(tl.full(x.shape, 1.0, tl.float32), x, ieee_rounding=False)
+    return r
+
+
+@triton.jit
+def _log1p_exp_neg(a, FAST: tl.constexpr):
     """(e, log1p(e)) with e = exp(-a), a >= 0.
 
     log1p(e) is a degree-5 Taylor polynomial for e < 1/32 (relative error < 1e-8) and
@@ -42,14 +65,8 @@ def _log1p_exp_neg(a):
     confidently classified element is tiny."""
     e = tl.exp2(-a * LOG2E)
     poly = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (-0.25 + e * 0.2))))
-    lp = tl.where(e < 0.03125, poly, tl.log2(1.0 + e) * LN2)
+    lp = tl.where(e < 0.03125, poly, _log2_1_2(1.0 + e, FAST) * LN2)
     return e, lp
-
-
-@triton.jit
-def _recip(x):
-    """1 / x with the fast (2 ulp) division, for x in [1, 2]."""
-    return tl.fdiv(tl.full(x.shape, 1.0, tl.float32), x, ieee_rounding=False)
 
 
 @triton.jit
@@ -65,12 +82,12 @@ def _pow_gamma(base, log2_base, gamma, GAMMA_MODE: tl.constexpr):
 
 
 @triton.jit
-def _focal_soft(x, y, gamma, alpha, GAMMA_MODE: tl.constexpr):
+def _focal_soft(x, y, gamma, alpha, GAMMA_MODE: tl.constexpr, FAST: tl.constexpr):
     """Loss and d loss / dx for dense (possibly soft) targets y in [0, 1] (fp32)."""
     ax = tl.abs(x)
-    e, lp = _log1p_exp_neg(ax)
+    e, lp = _log1p_exp_neg(ax, FAST)
     bce = tl.maximum(x, 0.0) - x * y + lp
-    r = _recip(1.0 + e)
+    r = _recip_1_2(1.0 + e, FAST)
     p = tl.where(x >= 0.0, r, e * r)
     q = tl.where(x >= 0.0, e * r, r)  # 1 - p, accurate
     pt = q * y + p * (1.0 - y)
@@ -110,13 +127,13 @@ def _focal_prob(p, y, gamma, alpha, GAMMA_MODE: tl.constexpr):
 
 
 @triton.jit
-def _neg_focal(x, gamma, GAMMA_MODE: tl.constexpr):
+def _neg_focal(x, gamma, GAMMA_MODE: tl.constexpr, FAST: tl.constexpr):
     """Loss and d loss / dx of a *negative* (target 0) element, without the (1 - alpha) factor.
 
     The hot path: every element of a class-index row but one is negative. A positive element
     is the same formula at -x (z = -x below), times alpha instead of (1 - alpha)."""
-    e, lp = _log1p_exp_neg(tl.abs(x))
-    r = _recip(1.0 + e)  # sigmoid(|x|)
+    e, lp = _log1p_exp_neg(tl.abs(x), FAST)
+    r = _recip_1_2(1.0 + e, FAST)  # sigmoid(|x|)
     er = e * r  # sigmoid(-|x|)
     ge = x >= 0.0
     pt = tl.where(ge, r, er)  # sigmoid(x) = p: the modulating base of a negative
@@ -157,6 +174,7 @@ def focal_loss_kernel(
     EVEN_C: tl.constexpr,  # C % BLOCK_C == 0: no column mask
     BLOCK_R: tl.constexpr,  # rows per block
     BLOCK_C: tl.constexpr,  # columns per chunk; a program walks its rows chunk by chunk
+    FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp through inline PTX (GPU only: not interpretable)
 ):
     # class-index targets with logits: negatives-only inner loop + one positive per row
     HARD: tl.constexpr = INDEX_TARGET and not ACTIVATED
@@ -167,7 +185,10 @@ def focal_loss_kernel(
         if HAS_AF:
             scale = scale / (tl.load(AF).to(tl.float32) + eps)
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    bad_row = tl.zeros([BLOCK_R], tl.int32)
+    # invalid-input flags: a scalar for the labels (one reduction per row block: a row-vector
+    # carried across the loop instead cost 27 registers at C = 1203, and half the occupancy),
+    # a tensor for the probabilities (activated inputs only)
+    bad_lab = tl.zeros([], tl.int32)
     bad = tl.zeros([BLOCK_R, BLOCK_C], tl.int32)
     for rb in range(pid, num_row_blocks, nprog):
         rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)  # int64
@@ -182,12 +203,12 @@ def focal_loss_kernel(
             lab = tl.load(T + rows * stride_tr, mask=rmask, other=C)
             valid = (lab >= 0) & (lab < C)
             if CHECK:
-                bad_row = bad_row | (((lab < 0) | (lab > C)) & rmask).to(tl.int32)
+                bad_lab = bad_lab | tl.max((((lab < 0) | (lab > C)) & rmask).to(tl.int32), axis=0)
             lab32 = tl.where(valid, lab, -1).to(tl.int32)  # -1 never matches a column
         if HARD:
             pmask = rmask & valid
             xp = tl.load(x_row + lab32 * stride_xc, mask=pmask, other=0.0).to(tl.float32)
-            lpos, dpos = _neg_focal(-xp, gamma, GAMMA_MODE)  # the positive: z = -x
+            lpos, dpos = _neg_focal(-xp, gamma, GAMMA_MODE, FAST_MATH)  # the positive: z = -x
             w_p = w_r
             if WEIGHT_MODE == 2:
                 w_p = tl.load(W + rows * stride_wr + lab32 * stride_wc, mask=pmask,
@@ -206,7 +227,7 @@ def focal_loss_kernel(
             x = tl.load(x_row[:, None] + cols[None, :] * stride_xc, mask=mask,
                         other=0.5).to(tl.float32)
             if HARD:
-                loss, dx = _neg_focal(x, gamma, GAMMA_MODE)
+                loss, dx = _neg_focal(x, gamma, GAMMA_MODE, FAST_MATH)
                 if WEIGHT_MODE == 2:
                     w = tl.load(W + rows[:, None] * stride_wr + cols[None, :] * stride_wc,
                                 mask=mask, other=0).to(tl.float32) * (1.0 - alpha)
@@ -219,8 +240,7 @@ def focal_loss_kernel(
                 # cancel catastrophically when the positive is well classified)
                 is_pos = cols[None, :] == lab32[:, None]
                 loss = tl.where(is_pos, lpos_w[:, None], loss)
-                if WRITE_GRAD:
-                    g = tl.where(is_pos, gpos_w[:, None], dx)
+                g = tl.where(is_pos, gpos_w[:, None], dx)
             else:
                 if INDEX_TARGET:  # activated (probability) inputs with class indices
                     y = (cols[None, :] == lab32[:, None]).to(tl.float32)
@@ -232,7 +252,7 @@ def focal_loss_kernel(
                     if CHECK:
                         bad = bad | ((((x < 0.0) | (x > 1.0)) & mask).to(tl.int32) * 2)
                 else:
-                    loss, dx = _focal_soft(x, y, gamma, alpha, GAMMA_MODE)
+                    loss, dx = _focal_soft(x, y, gamma, alpha, GAMMA_MODE, FAST_MATH)
                 if WEIGHT_MODE == 2:
                     w = tl.load(W + rows[:, None] * stride_wr + cols[None, :] * stride_wc,
                                 mask=mask, other=0).to(tl.float32)
@@ -257,7 +277,9 @@ def focal_loss_kernel(
     if WRITE_PARTIAL:
         tl.store(PARTIAL + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
     if CHECK:
-        tl.store(BAD + pid, tl.max(bad_row, axis=0) | tl.max(tl.max(bad & 2, axis=1), axis=0))
+        if ACTIVATED:
+            bad_lab = bad_lab | tl.max(tl.max(bad & 2, axis=1), axis=0)
+        tl.store(BAD + pid, bad_lab)
 
 
 @triton.jit
@@ -309,11 +331,13 @@ def scale_kernel(
     G,  # gradient buffer, contiguous, rescaled in place
     S,  # upstream gradient of the reduced loss (one element)
     n,  # number of elements of G
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,  # elements per program and step; the programs stride over G
 ):
     s = tl.load(S).to(tl.float32)
-    if s != 1.0:  # the common case (grad of a plain sum of losses) costs one launch, no pass
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-        m = offs < n
-        g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(G + offs, (g * s).to(G.dtype.element_ty), mask=m)
+    if s != 1.0:  # the common case (grad of a plain sum of losses): a few programs, no pass
+        step = tl.num_programs(0).to(tl.int64) * BLOCK
+        for start in range(tl.program_id(0).to(tl.int64) * BLOCK, n, step):
+            offs = start + tl.arange(0, BLOCK).to(tl.int64)
+            m = offs < n
+            g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
+            tl.store(G + offs, (g * s).to(G.dtype.element_ty), mask=m)

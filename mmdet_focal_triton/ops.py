@@ -12,8 +12,11 @@ Device dispatch: CUDA tensors run the Triton kernels of `kernels.py`; CPU tensor
 implementation of the same math (`_torch_focal`), or the Triton kernels through the Triton
 interpreter when `TRITON_INTERPRET=1` and the backend is forced to 'triton' (see `set_backend`).
 """
+import collections
 import contextlib
+import json
 import os
+import threading
 
 import torch
 from torch import Tensor
@@ -38,7 +41,20 @@ WEIGHT_NONE, WEIGHT_ROW, WEIGHT_ELEM = 0, 1, 2
 # backend selection and input checks
 # ---------------------------------------------------------------------------------------------
 _BACKEND = os.environ.get('MMDET_FOCAL_TRITON_BACKEND', 'auto')
-_CHECK_INPUTS = os.environ.get('MMDET_FOCAL_TRITON_CHECK', '1') != '0'
+CHECK_MODES = ('async', 'sync', 'off')
+
+
+def _parse_check_mode(mode) -> str:
+    if mode is True or mode in ('1', 'on', 'true'):
+        return 'async'
+    if mode is False or mode in ('0', 'off', 'false'):
+        return 'off'
+    if mode in CHECK_MODES:
+        return mode
+    raise ValueError(f"input check mode must be True/'async', 'sync' or False/'off', got {mode!r}")
+
+
+_CHECK_MODE = _parse_check_mode(os.environ.get('MMDET_FOCAL_TRITON_CHECK', 'async').lower())
 
 
 def set_backend(name: str) -> None:
@@ -65,20 +81,32 @@ def backend(name: str):
         set_backend(old)
 
 
-def set_input_checks(enabled: bool) -> None:
-    """Turn the validation of label range / probability range on or off (default on).
+def set_input_checks(mode=True) -> None:
+    """How labels outside [0, C] (and, with activated=True, probabilities outside [0, 1]) are
+    reported. The check itself is fused into the loss kernel: no extra pass over the data.
 
-    The check is fused into the loss kernel (no extra pass over the data) but reading its result
-    costs one device-to-host synchronisation per call. With checks off there is no host sync;
-    labels outside [0, C] then count as background and nothing reads out of bounds.
-    Also settable with the environment variable MMDET_FOCAL_TRITON_CHECK=0.
+    - True / 'async' (default): no host synchronisation. The kernel's flag is copied to pinned
+      host memory behind the kernel, and the ValueError is raised at the first point where it
+      is known without waiting for the GPU: the backward of that loss, or the next call of the
+      op (at the latest the next training iteration, since the training loop synchronises when
+      it logs), or `check_pending_inputs()`. On CPU tensors it is raised by the call itself.
+    - 'sync': raise in the call itself; costs one device-to-host synchronisation per call.
+    - False / 'off': no check; labels outside [0, C] then count as background, and nothing reads
+      out of bounds.
+    Also settable with the environment variable MMDET_FOCAL_TRITON_CHECK=async|sync|off.
+    While a CUDA graph is being captured the check is skipped (nothing may be read back then).
     """
-    global _CHECK_INPUTS
-    _CHECK_INPUTS = bool(enabled)
+    global _CHECK_MODE
+    _CHECK_MODE = _parse_check_mode(mode)
+
+
+def get_input_checks() -> str:
+    """The input check mode: 'async', 'sync' or 'off'."""
+    return _CHECK_MODE
 
 
 def input_checks_enabled() -> bool:
-    return _CHECK_INPUTS
+    return _CHECK_MODE != 'off'
 
 
 def _use_triton(t: Tensor) -> bool:
@@ -96,13 +124,96 @@ def _use_triton(t: Tensor) -> bool:
     return False
 
 
-def _raise_bad(flags: int, C: int) -> None:
+def _raise_bad(flags: int, C: int, deferred: bool = False) -> None:
     """flags: bit 0 = a label outside [0, C], bit 1 = a probability outside [0, 1]."""
+    where = (' (found by the asynchronous input check, and raised at the first point after that '
+             'call where its result was known without waiting for the GPU; '
+             "set_input_checks('sync') raises in the call itself)") if deferred else ''
     if flags & 1:
         raise ValueError(f'target holds class indices outside [0, {C}] (num_classes = {C}; '
-                         f'label {C} means background)')
+                         f'label {C} means background){where}')
     if flags & 2:
-        raise ValueError('pred must hold probabilities in [0, 1] when activated=True')
+        raise ValueError(f'pred must hold probabilities in [0, 1] when activated=True{where}')
+
+
+# Asynchronous input checks: (pinned host flag, event recorded after its copy, C) per call, oldest
+# first. A check is resolved once its event has completed; at most _MAX_PENDING wait unresolved.
+_PENDING: collections.deque = collections.deque()
+_PENDING_LOCK = threading.Lock()
+_MAX_PENDING = 64
+
+
+class _FlagRing:
+    """Pinned host slots and CUDA events for the asynchronous checks of one device, reused in
+    turn: no allocation per call. A slot comes back after `size` calls; the queue holds at most
+    _MAX_PENDING + 1 < size unresolved entries, so a slot is never reused while pending."""
+
+    def __init__(self, dev: torch.device, size: int = 256):
+        self.host = torch.zeros(size, dtype=torch.int32, pin_memory=True)
+        self.events = [torch.cuda.Event() for _ in range(size)]
+        self.next = 0
+
+    def take(self):
+        i = self.next
+        self.next = (i + 1) % len(self.events)
+        return self.host[i:i + 1], self.events[i]
+
+
+_RINGS: dict = {}
+
+
+def _new_event(dev: torch.device, flags: Tensor):
+    """Copy `flags` (on `dev`) into a pinned host slot behind the kernels and record an event
+    after the copy; returns (host slot, event). On CPU the flag is ready: (flags, None)."""
+    if dev.type != 'cuda':
+        return flags, None
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    ring = _RINGS.get(idx)
+    if ring is None:
+        ring = _RINGS[idx] = _FlagRing(dev)
+    host, ev = ring.take()
+    host.copy_(flags, non_blocking=True)
+    ev.record(torch.cuda.current_stream(dev))
+    return host, ev
+
+
+def _defer_check(flags: Tensor, C: int) -> None:
+    """Queue the one-element int32 `flags` for `_resolve_checks`, without waiting for it."""
+    host, ev = _new_event(flags.device, flags)
+    with _PENDING_LOCK:
+        _PENDING.append((host, ev, C))
+        overflow = len(_PENDING) > _MAX_PENDING
+    if overflow:  # bound the queue: wait for the oldest
+        _resolve_checks(wait=True, limit=1)
+    _resolve_checks()
+
+
+def _resolve_checks(wait: bool = False, limit: int | None = None) -> None:
+    """Read every pending flag whose copy has completed (all of them if `wait`, or the oldest
+    `limit`); raise the ValueError of the first bad one (and drop the rest)."""
+    done = 0
+    while _PENDING and (limit is None or done < limit):
+        with _PENDING_LOCK:
+            if not _PENDING:
+                return
+            host, ev, C = _PENDING[0]
+            if ev is not None and not ev.query():
+                if not wait:
+                    return
+                ev.synchronize()
+            _PENDING.popleft()
+        done += 1
+        flags = int(host[0])
+        if flags:
+            with _PENDING_LOCK:
+                _PENDING.clear()
+            _raise_bad(flags, C, deferred=ev is not None)
+
+
+def check_pending_inputs(wait: bool = True) -> None:
+    """Resolve the asynchronous input checks of earlier calls now (waiting for the GPU if `wait`),
+    raising the ValueError of the first one that found bad input."""
+    _resolve_checks(wait=wait)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,40 +227,73 @@ def _gamma_mode(gamma: float) -> int:
     return 1
 
 
-# Launch configuration; see notes/perf.md for how these were measured. Tools may override
-# entries (tools/sweep_tuning.py) to try others.
+# Launch configuration, per C (through the chunk width) and dtype; see notes/perf.md for how it
+# was measured. TUNING overrides it: tools (tools/sweep_tuning.py) set an entry to something other
+# than None to try other values.
 TUNING = {
-    'tile': None,  # BLOCK_R * BLOCK_C elements per chunk; None: chosen per C by `block_shape`
-    'num_warps': 8,
-    'programs_per_sm': 8,  # persistent grid: this many programs per multiprocessor
-    'block_c': None,  # column chunk width; None: chosen per C by `block_shape`
+    'tile': None,  # BLOCK_R * BLOCK_C elements per chunk
+    'block_c': None,  # column chunk width
+    'num_warps': None,
+    'programs_per_sm': None,  # persistent grid: this many programs per multiprocessor
+    'fast_math': None,  # MUFU lg2 / rcp on the GPU (False: the accurate expansions)
     'interpreter_programs': 3,  # grid size under the Triton interpreter (CPU)
+}
+_DEFAULT_CONFIG = dict(num_warps=8, programs_per_sm=8, fast_math=True)
+# Measured best (tools/sweep_tuning.py on an H200, notes/perf.md) per (C, element size); any
+# other C takes the rule of `default_block_c` and _DEFAULT_CONFIG.
+_MEASURED_CONFIG = {
+    (80, 4): dict(block_c=32, tile=1024),
+    (1203, 4): dict(tile=2048),
+    (1203, 2): dict(block_c=128, tile=2048),
 }
 _SM_COUNT = {}
 
 
-def _max_programs(dev: torch.device) -> int:
+def _tuning_from_env() -> None:
+    """MMDET_FOCAL_TRITON_TUNING='{"tile": 2048, ...}' overrides TUNING (for sweeps/tests)."""
+    raw = os.environ.get('MMDET_FOCAL_TRITON_TUNING')
+    if not raw:
+        return
+    values = json.loads(raw)
+    unknown = set(values) - set(TUNING)
+    if unknown:
+        raise ValueError(f'MMDET_FOCAL_TRITON_TUNING: unknown keys {sorted(unknown)}; '
+                         f'known: {sorted(TUNING)}')
+    TUNING.update(values)
+
+
+_tuning_from_env()
+
+
+def default_block_c(C: int) -> int:
+    """The column chunk that pads the fewest lanes, the widest among equals (80 -> 16, five
+    chunks; 1203 -> 64, 19 chunks; C <= 16 -> one chunk of next_power_of_2(C))."""
+    if C <= 16:
+        return triton.next_power_of_2(max(C, 1))
+    return min((16, 32, 64, 128), key=lambda w: (triton.cdiv(C, w) * w - C, -w))
+
+
+def launch_config(C: int, dtype: torch.dtype) -> dict:
+    """Block shape (BLOCK_R rows x BLOCK_C columns), warps, grid density and code variants for
+    C classes of `dtype`: TUNING, else the measured table, else the defaults (a tile of 2048
+    elements for 16-wide chunks and 1024 above)."""
+    measured = _MEASURED_CONFIG.get((C, dtype.itemsize), {})
+    block_c = TUNING['block_c'] or measured.get('block_c') or default_block_c(C)
+    tile = TUNING['tile'] or measured.get('tile') or (2048 if block_c <= 16 else 1024)
+    cfg = dict(_DEFAULT_CONFIG, block_r=max(1, tile // block_c), block_c=block_c)
+    cfg.update({k: v for k, v in measured.items() if k in cfg})
+    cfg.update({k: v for k, v in TUNING.items() if v is not None and k in cfg and
+                k != 'block_c'})
+    return cfg
+
+
+def _num_programs(dev: torch.device, num_row_blocks: int, programs_per_sm: int) -> int:
     if dev.type != 'cuda':
-        return TUNING['interpreter_programs']
+        return min(num_row_blocks, TUNING['interpreter_programs'])
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx] * TUNING['programs_per_sm']
-
-
-def block_shape(C: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_C) for C classes: the column chunk pads the fewest lanes, the widest
-    among equals (80 -> 16, five chunks; 1203 -> 64, 19 chunks; C <= 16 -> one chunk).
-    Rows fill a tile of 2048 elements for chunks of 16 and 1024 above (the measured best on
-    an H200, notes/perf.md)."""
-    if TUNING['block_c']:
-        block_c = TUNING['block_c']
-    elif C <= 16:
-        block_c = triton.next_power_of_2(max(C, 1))
-    else:
-        block_c = min((16, 32, 64, 128), key=lambda w: (triton.cdiv(C, w) * w - C, -w))
-    tile = TUNING['tile'] or (2048 if block_c <= 16 else 1024)
-    return max(1, tile // block_c), block_c
+    return min(num_row_blocks, _SM_COUNT[idx] * programs_per_sm)
 
 
 def _as_2d(t: Tensor, R: int, C: int) -> Tensor:
@@ -171,9 +315,10 @@ def _launch(pred2, target, weight, avg_factor, upstream, gamma, alpha, grad_scal
     """Run the fused kernels on (R, C)-shaped pred2. Returns (loss, grad, flags tensor)."""
     R, C = pred2.shape
     dev = pred2.device
-    block_r, block_c = block_shape(C)
+    cfg = launch_config(C, pred2.dtype)
+    block_r, block_c = cfg['block_r'], cfg['block_c']
     num_row_blocks = triton.cdiv(R, block_r)
-    P = min(num_row_blocks, _max_programs(dev))
+    P = _num_programs(dev, num_row_blocks, cfg['programs_per_sm'])
     write_loss = reduction == NONE and upstream is None
     write_partial = reduction != NONE
     loss = torch.empty(loss_shape if write_loss else (0,), dtype=out_dtype, device=dev)
@@ -196,7 +341,7 @@ def _launch(pred2, target, weight, avg_factor, upstream, gamma, alpha, grad_scal
             GAMMA_MODE=_gamma_mode(gamma), HAS_AF=has_af, UPSTREAM=upstream is not None,
             WRITE_LOSS=write_loss, WRITE_PARTIAL=write_partial, WRITE_GRAD=write_grad,
             CHECK=check, EVEN_C=C % block_c == 0, BLOCK_R=block_r, BLOCK_C=block_c,
-            num_warps=TUNING['num_warps'])
+            FAST_MATH=bool(cfg['fast_math']) and dev.type == 'cuda', num_warps=cfg['num_warps'])
         bad_total = None
         fblock = min(max(triton.next_power_of_2(P), 16), 4096)
         if write_partial:
@@ -214,12 +359,15 @@ def _launch(pred2, target, weight, avg_factor, upstream, gamma, alpha, grad_scal
 
 
 def _scale_grad_triton(grad: Tensor, s: Tensor) -> None:
+    """grad *= s on a persistent grid (4 programs per SM): when s == 1, as for the gradient of a
+    plain sum of losses, the launch costs a few microseconds whatever the size of grad."""
     n = grad.numel()
     if n == 0:
         return
     block = 4096
+    programs = min(triton.cdiv(n, block), _num_programs(grad.device, 1 << 62, 4))
     with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
-        K.scale_kernel[(triton.cdiv(n, block),)](grad, s, n, BLOCK=block, num_warps=8)
+        K.scale_kernel[(programs,)](grad, s, n, BLOCK=block, num_warps=8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +496,8 @@ def _torch_forward(pred2, target, weight, avg_factor, upstream, gamma, alpha, gr
 def _forward_impl(pred, target, weight, avg_factor, upstream, gamma, alpha, grad_scale,
                   out_scale, reduction, weight_mode, index_target, activated, write_grad,
                   check, out_dtype):
+    if _PENDING:
+        _resolve_checks()  # earlier calls' asynchronous checks that have completed by now
     R, C = pred.shape[0], pred.shape[1:].numel()
     pred2 = _as_2d(pred, R, C)
     tgt = target if index_target else _as_2d(target, R, C)
@@ -374,9 +524,14 @@ def _forward_impl(pred, target, weight, avg_factor, upstream, gamma, alpha, grad
     args = (pred2, tgt, w, avg_factor, up, gamma, alpha, grad_scale, out_scale, reduction,
             weight_mode, index_target, activated, write_grad or upstream is not None)
     if _use_triton(pred):
-        loss, grad, bad = _launch(*args, check, out_dtype, loss_shape)
-        if check and bad is not None and bad.numel():
-            _raise_bad(int(bad.item()), C)  # the one host sync
+        mode = _CHECK_MODE if check else 'off'
+        if mode != 'off' and pred.is_cuda and torch.cuda.is_current_stream_capturing():
+            mode = 'off'  # nothing can be read back while a CUDA graph is captured
+        loss, grad, bad = _launch(*args, mode != 'off', out_dtype, loss_shape)
+        if mode == 'sync':
+            _raise_bad(int(bad.item()), C)  # one host synchronisation
+        elif mode == 'async':
+            _defer_check(bad, C)
     else:
         loss, grad = _torch_forward(*args, check, out_dtype, loss_shape)
     if grad.numel():
@@ -414,6 +569,12 @@ def focal_loss_none_backward_op(upstream: Tensor, pred: Tensor, target: Tensor,
                                 grad_scale: float, weight_mode: int, index_target: bool,
                                 activated: bool) -> Tensor:
     """Backward of reduction='none': upstream * d(loss)/d(pred), recomputed in one pass."""
+    return _none_backward_impl(upstream, pred, target, weight, gamma, alpha, grad_scale,
+                               weight_mode, index_target, activated)
+
+
+def _none_backward_impl(upstream, pred, target, weight, gamma, alpha, grad_scale, weight_mode,
+                        index_target, activated):
     return _forward_impl(pred, target, weight, None, upstream, gamma, alpha, grad_scale, 1.0,
                          NONE, weight_mode, index_target, activated, True, False,
                          upstream.dtype)[1]
@@ -428,6 +589,10 @@ def _(upstream, pred, target, weight, gamma, alpha, grad_scale, weight_mode, ind
 @torch.library.custom_op('mmdet_focal_triton::scale_grad_', mutates_args=('grad',))
 def scale_grad_(grad: Tensor, scale: Tensor) -> None:
     """grad *= scale (one element), in place; costs no pass over grad when scale == 1."""
+    _scale_grad_impl(grad, scale)
+
+
+def _scale_grad_impl(grad: Tensor, scale: Tensor) -> None:
     if _use_triton(grad):
         _scale_grad_triton(grad, scale)
     else:
@@ -462,13 +627,20 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_loss, _unused):
+def _backward(ctx, grad_loss, _unused, eager=False):
+    """Shared by the custom op's autograd and the eager `FocalLossFunction`: `eager` calls the
+    implementations directly instead of through the dispatcher (same kernels, less overhead)."""
+    if _PENDING and not torch.compiler.is_compiling():
+        _resolve_checks()
     if grad_loss is None:
         return (None,) * (1 + _NON_DIFF_ARGS)
     if ctx.reduction == NONE:
         pred, target, weight = ctx.saved_tensors
-        grad = torch.ops.mmdet_focal_triton.focal_loss_none_backward(
-            grad_loss, pred, target, weight, *ctx.params)
+        if eager:
+            grad = _none_backward_impl(grad_loss, pred, target, weight, *ctx.params)
+        else:
+            grad = torch.ops.mmdet_focal_triton.focal_loss_none_backward(
+                grad_loss, pred, target, weight, *ctx.params)
         return (grad,) + (None,) * _NON_DIFF_ARGS
     if not ctx.write_grad:
         raise RuntimeError('the focal loss forward ran without computing its gradient (pred did '
@@ -481,7 +653,10 @@ def _backward(ctx, grad_loss, _unused):
             # traced by torch.compile / AOTAutograd: a functional multiply, which the compiler
             # fuses (it cannot trace an in-place update of a tensor saved by the forward)
             return ((grad * grad_loss.reshape(())).to(grad.dtype),) + (None,) * _NON_DIFF_ARGS
-        torch.ops.mmdet_focal_triton.scale_grad_(grad, grad_loss)
+        if eager:
+            _scale_grad_impl(grad, grad_loss)
+        else:
+            torch.ops.mmdet_focal_triton.scale_grad_(grad, grad_loss)
         return (grad,) + (None,) * _NON_DIFF_ARGS
     # a second backward through the same graph (retain_graph=True): the buffer was scaled by
     # the first upstream gradient; exact when that was 1 (or a power of two)
@@ -493,3 +668,39 @@ def _backward(ctx, grad_loss, _unused):
 
 torch.library.register_autograd('mmdet_focal_triton::focal_loss', _backward,
                                 setup_context=_setup_context)
+
+
+class FocalLossFunction(torch.autograd.Function):
+    """The same forward, context and backward as the custom op, for eager mode.
+
+    Dispatching a Python custom op costs tens of microseconds of host time per call (argument
+    binding and schema handling in torch.library), as much as the kernels themselves on a
+    small FPN level; `focal_loss` calls this instead when torch.compile is not tracing. Both
+    run `_forward_impl` and `_backward`: the results are bitwise the same (tests check it)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _forward_impl(*inputs[:4], None, *inputs[4:])
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_unused):
+        return _backward(ctx, grad_loss, grad_unused, eager=True)
+
+
+def focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Tensor | None,
+               gamma: float, alpha: float, grad_scale: float, out_scale: float, reduction: int,
+               weight_mode: int, index_target: bool, activated: bool, write_grad: bool,
+               check: bool, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(loss, grad) as `torch.ops.mmdet_focal_triton.focal_loss`, differentiable in `pred`:
+    the registered op under torch.compile (opaque, no graph break), `FocalLossFunction` in
+    eager mode."""
+    args = (pred, target, weight, avg_factor, gamma, alpha, grad_scale, out_scale, reduction,
+            weight_mode, index_target, activated, write_grad, check, out_dtype)
+    if torch.compiler.is_compiling() or _FORCE_OP:
+        return torch.ops.mmdet_focal_triton.focal_loss(*args)
+    return FocalLossFunction.apply(*args)
+
+
+_FORCE_OP = False  # tests: route eager calls through the registered op as well

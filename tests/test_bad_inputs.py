@@ -1,11 +1,14 @@
 """Every bad input of SPEC §2 raises a clear Python exception that names the argument."""
+import contextlib
+
 import pytest
 import torch
 from _inputs import IMPLS, device_of, impl_context
+from conftest import INTERPRETER
 from reference import reference_focal_loss, rel_err
 
 import mmdet_focal_triton as mft
-from mmdet_focal_triton import sigmoid_focal_loss
+from mmdet_focal_triton import ops, sigmoid_focal_loss
 
 
 def _inputs(impl, N=8, C=5):
@@ -15,31 +18,54 @@ def _inputs(impl, N=8, C=5):
     return pred, lab
 
 
+@pytest.fixture
+def check_mode():
+    """Set the input check mode for one test; restore the default and drop pending checks."""
+    yield mft.set_input_checks
+    mft.set_input_checks(True)
+    ops._PENDING.clear()
+
+
+def _raises_now_or_pending(mode, match):
+    """The error of a bad call: raised in the call ('sync', or any mode on CPU), or (async on
+    CUDA) by the next resolution point; `check_pending_inputs()` is one."""
+    @contextlib.contextmanager
+    def ctx():
+        with pytest.raises(ValueError, match=match):
+            yield
+            mft.check_pending_inputs()
+    return ctx()
+
+
 @pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('mode', ['sync', 'async'])
 @pytest.mark.parametrize('bad_label', [-1, 6, 1000])
-def test_label_out_of_range(impl, bad_label):
+def test_label_out_of_range(impl, mode, bad_label, check_mode):
     pred, lab = _inputs(impl)
     lab[3] = bad_label
+    check_mode(mode)
+    match = r'target holds class indices outside \[0, 5\]'
     with impl_context(impl):
         for red in ('mean', 'sum', 'none'):
-            with pytest.raises(ValueError, match=r'target holds class indices outside \[0, 5\]'):
+            with _raises_now_or_pending(mode, match):
                 sigmoid_focal_loss(pred, lab, reduction=red)
-        with torch.no_grad(), pytest.raises(ValueError, match='target'):
+        with torch.no_grad(), _raises_now_or_pending(mode, 'target'):
             sigmoid_focal_loss(pred, lab)
+        assert not ops._PENDING
+        sigmoid_focal_loss(pred, lab.clamp(0, 5)).backward()  # nothing left to raise
+        mft.check_pending_inputs()
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-def test_unchecked_labels_are_background(impl):
+def test_unchecked_labels_are_background(impl, check_mode):
     """With the checks off (no host sync), an out-of-range label is background and reads nothing
     out of bounds."""
     pred, lab = _inputs(impl, 40, 7)
     lab[[2, 5]] = torch.tensor([-3, 99], device=lab.device)
-    mft.set_input_checks(False)
-    try:
-        with impl_context(impl):
-            out = sigmoid_focal_loss(pred, lab, reduction='sum')
-    finally:
-        mft.set_input_checks(True)
+    check_mode(False)
+    with impl_context(impl):
+        out = sigmoid_focal_loss(pred, lab, reduction='sum')
+        mft.check_pending_inputs()
     fixed = lab.clone()
     fixed[[2, 5]] = 7
     ref = reference_focal_loss(pred.detach().cpu(), fixed.cpu(), reduction='sum')
@@ -47,13 +73,131 @@ def test_unchecked_labels_are_background(impl):
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-def test_activated_probabilities_out_of_range(impl):
+@pytest.mark.parametrize('mode', ['sync', 'async'])
+def test_activated_probabilities_out_of_range(impl, mode, check_mode):
     pred, lab = _inputs(impl)
+    check_mode(mode)
     with impl_context(impl):
         p = torch.sigmoid(pred.detach())
         p[1, 1] = 1.5
-        with pytest.raises(ValueError, match='probabilities in \\[0, 1\\]'):
+        with _raises_now_or_pending(mode, 'probabilities in \\[0, 1\\]'):
             sigmoid_focal_loss(p, lab, activated=True)
+
+
+def test_check_mode_setting(check_mode):
+    for given, mode in ((True, 'async'), ('sync', 'sync'), (False, 'off'), ('off', 'off'),
+                        ('async', 'async')):
+        check_mode(given)
+        assert mft.get_input_checks() == mode
+        assert mft.input_checks_enabled() == (mode != 'off')
+    with pytest.raises(ValueError, match='input check mode'):
+        mft.set_input_checks('later')
+
+
+class _FakeEvent:
+    """Stands in for a CUDA event whose kernel has not finished yet."""
+    waited = 0
+
+    def __init__(self):
+        self.done = False
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        _FakeEvent.waited += 1
+        self.done = True
+
+
+@pytest.mark.skipif(not INTERPRETER, reason='drives the Triton kernels on CPU tensors')
+def test_async_check_is_raised_when_known(monkeypatch, check_mode):
+    """The deferral logic of the asynchronous check, on CPU with events that complete when the
+    test says so: a bad call does not raise; the error comes at the first resolution point
+    after its event completed (a later call, the backward, or check_pending_inputs), once."""
+    events = []
+
+    def new_event(dev, flags):
+        events.append(_FakeEvent())
+        return flags, events[-1]
+    monkeypatch.setattr(ops, '_new_event', new_event)
+    check_mode('async')
+    pred, lab = _inputs('interp')
+    bad = lab.clone()
+    bad[0] = 9
+    with mft.backend('triton'):
+        loss = sigmoid_focal_loss(pred, bad)  # not raised: the flag is not known yet
+        mft.check_pending_inputs(wait=False)
+        assert len(ops._PENDING) == 1
+        sigmoid_focal_loss(pred, lab)  # still not known: queued behind it
+        assert len(ops._PENDING) == 2
+        events[0].done = True
+        with pytest.raises(ValueError, match='asynchronous input check'):
+            sigmoid_focal_loss(pred, lab)  # the next call raises it
+        assert not ops._PENDING  # reported once
+        sigmoid_focal_loss(pred, lab)
+
+        loss = sigmoid_focal_loss(pred, bad)
+        for ev in events:  # one stream: events complete in order
+            ev.done = True
+        with pytest.raises(ValueError, match=r'outside \[0, 5\]'):
+            loss.backward()  # or the backward of the bad loss itself
+
+        sigmoid_focal_loss(pred, bad)
+        with pytest.raises(ValueError, match='asynchronous'):
+            mft.check_pending_inputs()  # waits for the event
+        assert events[-1].done
+
+        _FakeEvent.waited = 0  # the queue is bounded: the oldest is waited for
+        for _ in range(ops._MAX_PENDING + 5):
+            sigmoid_focal_loss(pred, lab)
+        assert len(ops._PENDING) == ops._MAX_PENDING and _FakeEvent.waited == 5
+        mft.check_pending_inputs()
+        assert not ops._PENDING
+
+
+@pytest.mark.cuda
+def test_async_check_does_not_synchronise(check_mode):
+    """On CUDA the default check makes no host synchronisation in loss + backward (CUDA's sync
+    debug mode turns any into an error), whereas 'sync' makes one."""
+    pred, lab = _inputs('cuda', 1000, 80)
+    check_mode('async')
+    sigmoid_focal_loss(pred, lab).backward()  # warm up: compilation, allocator, pinned pool
+    torch.cuda.synchronize()
+    mft.check_pending_inputs()
+    af = torch.tensor(9.0, device='cuda')
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for _ in range(3):
+            sigmoid_focal_loss(pred, lab, avg_factor=af).backward()
+        check_mode('sync')
+        with pytest.raises(RuntimeError, match='synchroniz'):
+            sigmoid_focal_loss(pred, lab)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('where', ['next_call', 'backward', 'check_pending_inputs'])
+def test_async_check_on_cuda(where, check_mode):
+    """The error of a bad call is raised once, at the latest at the next resolution point after
+    the GPU finished the call (here forced with torch.cuda.synchronize); it may come from the
+    call itself when the GPU was already done by the end of it."""
+    check_mode('async')
+    pred, lab = _inputs('cuda', 1000, 80)
+    bad = lab.clone()
+    bad[500] = -7
+    with pytest.raises(ValueError, match=r'outside \[0, 80\].*asynchronous'):
+        loss = sigmoid_focal_loss(pred, bad)
+        torch.cuda.synchronize()
+        if where == 'next_call':
+            sigmoid_focal_loss(pred, lab)
+        elif where == 'backward':
+            loss.backward()
+        else:
+            mft.check_pending_inputs()
+    assert not ops._PENDING
+    sigmoid_focal_loss(pred, lab).backward()
+    mft.check_pending_inputs()
 
 
 @pytest.mark.parametrize('impl', IMPLS)

@@ -5,7 +5,15 @@ import torch
 from _inputs import IMPLS, device_of, impl_context, make_generator, make_pred, make_target
 from reference import reference_focal_loss, rel_err
 
-from mmdet_focal_triton import sigmoid_focal_loss
+from mmdet_focal_triton import ops, sigmoid_focal_loss
+
+
+@pytest.fixture(params=['eager-function', 'registered-op'])
+def path(request, monkeypatch):
+    """Eager calls go through `FocalLossFunction`; torch.compile uses the registered op. Tests
+    with this fixture run both."""
+    monkeypatch.setattr(ops, '_FORCE_OP', request.param == 'registered-op')
+    return request.param
 
 
 def _op_args(dev, reduction, write_grad, g):
@@ -82,7 +90,7 @@ def test_bitwise_deterministic(impl, reduction):
 
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('first', [1.0, 0.5, 3.0])
-def test_second_backward_with_retained_graph(impl, first):
+def test_second_backward_with_retained_graph(impl, first, path):
     dev = device_of(impl)
     g = make_generator('retain', impl, first)
     pred = make_pred(50, 80, torch.float32, dev, g).requires_grad_(True)
@@ -99,7 +107,7 @@ def test_second_backward_with_retained_graph(impl, first):
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-def test_leaf_pred_backward_accumulates(impl):
+def test_leaf_pred_backward_accumulates(impl, path):
     """loss.backward() on a leaf pred twice (two graphs) accumulates like any other loss."""
     dev = device_of(impl)
     g = make_generator('leaf', impl)
@@ -110,3 +118,46 @@ def test_leaf_pred_backward_accumulates(impl):
         first = pred.grad.clone()
         sigmoid_focal_loss(pred, lab).backward()
     torch.testing.assert_close(pred.grad, 2 * first)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('reduction', ['mean', 'sum', 'none'])
+@pytest.mark.parametrize('upstream', [1.0, 0.37])
+def test_eager_function_matches_registered_op(impl, reduction, upstream, monkeypatch):
+    """The eager fast path and the registered op: bitwise the same loss and gradient."""
+    dev = device_of(impl)
+    g = make_generator('paths', impl, reduction)
+    pred = make_pred(37, 80, torch.float32, dev, g)
+    lab = make_target('index', 37, 80, dev, g)
+    w = torch.rand(37, generator=g).to(dev)
+    up = torch.rand(37, 80, generator=g).to(dev) if reduction == 'none' else upstream
+    outs = []
+    for force in (False, True):
+        monkeypatch.setattr(ops, '_FORCE_OP', force)
+        x = pred.clone().requires_grad_(True)
+        with impl_context(impl):
+            loss = sigmoid_focal_loss(x, lab, w, reduction=reduction, avg_factor=None)
+            (loss * up).sum().backward()
+        outs.append((loss.detach(), x.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_gradient_buffer_is_adopted_not_copied(impl, path, monkeypatch):
+    """pred.grad is the buffer the forward wrote (no copy by autograd, so the peak memory of
+    loss + backward is that one buffer), on both the eager and the registered-op path."""
+    written = []
+    impl_fn = ops._forward_impl
+
+    def spy(*args):
+        out = impl_fn(*args)
+        written.append(out[1].data_ptr())
+        return out
+    monkeypatch.setattr(ops, '_forward_impl', spy)
+    dev = device_of(impl)
+    g = make_generator('adopt', impl)
+    pred = make_pred(33, 80, torch.float32, dev, g).requires_grad_(True)
+    lab = make_target('index', 33, 80, dev, g)
+    with impl_context(impl):
+        sigmoid_focal_loss(pred, lab, avg_factor=5.0).backward()
+    assert len(written) == 1 and pred.grad.data_ptr() == written[0]

@@ -2,8 +2,12 @@
 """Compile the Triton kernels ahead of time for a GPU target, without a GPU (CI-safe).
 
 Catches front-end and back-end compile errors of every constexpr combination the launcher can
-request, and prints each variant's registers / spills (the resource report METHOD.md asks for).
-  python tools/compile_kernels.py [--arch 90] [--quick]
+request (`--quick`, `--smoke`: subsets).
+`--sass`: instead, compile the training variant (class indices, per-row weights, avg_factor,
+gradient) the way the JIT specialises it for real contiguous arguments (strides of 1 become
+constants, multiples of 16 are marked), and count the SASS instructions per element of the
+inner (column-chunk) loop, with registers per thread: the instruction count of notes/perf.md.
+  python tools/compile_kernels.py [--arch 90] [--quick | --smoke | --sass [--fast-math 0|1]]
 """
 import argparse
 import itertools
@@ -64,14 +68,104 @@ def compile_one(fn, ptr_types, scalar_types, consts, arch):
     return triton.compile(src, target=GPUTarget('cuda', arch, 32), options=dict(num_warps=8))
 
 
+def jit_like_compile(C, dtype, arch=90, **overrides):
+    """Compile focal_loss_kernel as `ops._launch` would launch it on contiguous (N, C) logits,
+    int64 labels and per-row weights, with the JIT's argument specialisation."""
+    import torch
+    import triton
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource
+
+    from mmdet_focal_triton import kernels as K
+    from mmdet_focal_triton import ops
+
+    N = 300_000
+    cfg = ops.launch_config(C, dtype)
+    x = torch.empty(0, dtype=dtype)
+    vals = dict(X=x, stride_xr=C, stride_xc=1, T=torch.empty(0, dtype=torch.int64), stride_tr=1,
+                stride_tc=0, W=torch.empty(0), stride_wr=1, stride_wc=0, UP=x, stride_ur=C,
+                stride_uc=1, LOSS=x, GRAD=x, PARTIAL=torch.empty(0),
+                BAD=torch.empty(0, dtype=torch.int32), AF=torch.empty(0), R=N, C=C,
+                num_row_blocks=triton.cdiv(N, cfg['block_r']), gamma=2.0, alpha=0.25,
+                grad_scale=1.0, eps=1e-7)
+    consts = dict(_BASE, EVEN_C=C % cfg['block_c'] == 0, BLOCK_R=cfg['block_r'],
+                  BLOCK_C=cfg['block_c'], FAST_MATH=bool(cfg['fast_math']))
+    consts.update(overrides)
+    fn = K.focal_loss_kernel
+    sig, cx, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name], cx[(i,)] = 'constexpr', consts[name]
+        elif isinstance(vals[name], float):
+            sig[name] = 'fp32'
+        else:
+            ty, spec = native_specialize_impl(BaseBackend, vals[name], False, True, True)
+            if ty == 'constexpr':
+                sig[name], cx[(i,)] = ty, spec
+            else:
+                sig[name] = ty
+                if 'D' in spec:
+                    attrs[(i,)] = [['tt.divisibility', 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32),
+                              options=dict(num_warps=cfg['num_warps']))
+    return compiled, cfg
+
+
+def sass_counts(compiled, cfg):
+    """(instructions per element in the innermost loop, registers per thread), from cuobjdump."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = osp.join(osp.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as f:
+        f.write(compiled.asm['cubin'])
+        f.flush()
+        sass = subprocess.run([tool, '-sass', f.name], capture_output=True, text=True,
+                              check=True).stdout
+        usage = subprocess.run([tool, '--dump-resource-usage', f.name], capture_output=True,
+                               text=True, check=True).stdout
+    ins = [(int(m.group(1), 16), m.group(2)) for m in
+           re.finditer(r'/\*([0-9a-f]{4,})\*/\s+([^;]*);', sass)]
+    index = {a: i for i, (a, _) in enumerate(ins)}
+    loops = []
+    for i, (a, text) in enumerate(ins):
+        m = re.search(r'BRA\s.*?(0x[0-9a-f]+)', text)
+        if m and int(m.group(1), 16) < a:  # a backward branch closes a loop
+            loops.append(i + 1 - index[int(m.group(1), 16)])
+    per_thread = cfg['block_r'] * cfg['block_c'] // (32 * cfg['num_warps'])
+    regs = int(re.search(r'REG:(\d+)', usage).group(1))
+    return min(loops) / per_thread, regs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--arch', type=int, default=90)
     ap.add_argument('--quick', action='store_true', help='a subset (fp32, common flags)')
     ap.add_argument('--smoke', action='store_true', help='four representative variants')
+    ap.add_argument('--sass', action='store_true',
+                    help='instructions per element of the training variant (C = 80, 1203)')
+    ap.add_argument('--fast-math', type=int, choices=[0, 1], default=None,
+                    help='with --sass: force FAST_MATH off / on (default: as launched)')
     args = ap.parse_args(argv)
     if os.environ.get('TRITON_INTERPRET') == '1':
         ap.error('unset TRITON_INTERPRET: the interpreter does not compile kernels')
+    if args.sass:
+        import torch
+
+        extra = {} if args.fast_math is None else dict(FAST_MATH=bool(args.fast_math))
+        for C in (80, 1203):
+            for dtype in (torch.float32, torch.bfloat16):
+                compiled, cfg = jit_like_compile(C, dtype, args.arch, **extra)
+                per_elem, regs = sass_counts(compiled, cfg)
+                print(f"C={C} {str(dtype)[6:]} BLOCK {cfg['block_r']}x{cfg['block_c']}: "
+                      f'{per_elem:.1f} instructions per element (inner loop), {regs} registers',
+                      flush=True)
+        return 0
     from mmdet_focal_triton import kernels as K
 
     fails = 0
@@ -81,11 +175,14 @@ def main(argv=None):
         ptrs = dict(X=f'*{dtype}', T='*i64' if consts['INDEX_TARGET'] else '*fp32', W='*fp32',
                     UP='*fp32', LOSS='*fp32', GRAD=f'*{dtype}', PARTIAL='*fp32', BAD='*i32',
                     AF='*fp32')
-        for kname, fn, extra in [
-                ('even', K.focal_loss_kernel, dict(EVEN_C=True, BLOCK_R=128, BLOCK_C=16)),
-                ('masked', K.focal_loss_kernel, dict(EVEN_C=False, BLOCK_R=16, BLOCK_C=64))]:
+        shapes = [('even', dict(EVEN_C=True, BLOCK_R=128, BLOCK_C=16)),
+                  ('masked', dict(EVEN_C=False, BLOCK_R=16, BLOCK_C=64))]
+        for (kname, shape), fast in itertools.product(shapes, (True, False)):
+            extra = dict(shape, FAST_MATH=fast)
+            fn = K.focal_loss_kernel
             if (args.quick or args.smoke) and kname == 'masked' and consts['WEIGHT_MODE'] != 1:
                 continue
+            kname = f'{kname}{"-fast" if fast else ""}'
             try:
                 compile_one(fn, ptrs, floats, dict(consts, **extra), args.arch)
                 info = 'ok'
