@@ -1,15 +1,25 @@
 """Fused Triton sigmoid focal loss for mmdetection 3.x.
 
 ``import mmdet_focal_triton`` registers ``TritonFocalLoss`` in mmdet's MODELS registry (when
-mmdet is installed) and exposes the functional API ``sigmoid_focal_loss``.
+mmdet is installed) and exposes the functional API ``sigmoid_focal_loss``; with mmengine it also
+registers the data-parallel helpers of ``mmdet_focal_triton.distributed`` (``AverageLogVarsHook``,
+``CPUSyncBN``).
 """
 from .functional import sigmoid_focal_loss
-from .ops import backend, get_backend, input_checks_enabled, set_backend, set_input_checks
+from .ops import (
+    backend,
+    check_pending_inputs,
+    get_backend,
+    get_input_checks,
+    input_checks_enabled,
+    set_backend,
+    set_input_checks,
+)
 
 __version__ = '0.1.0'
 
 __all__ = ['sigmoid_focal_loss', 'set_backend', 'get_backend', 'backend', 'set_input_checks',
-           'input_checks_enabled', '__version__']
+           'get_input_checks', 'input_checks_enabled', 'check_pending_inputs', '__version__']
 
 from .compat import patch_mmengine_torch_load
 
@@ -24,3 +34,13 @@ else:
     from .focal_loss import TritonFocalLoss, replace_mmdet_focal_loss  # noqa: F401
 
     __all__ += ['TritonFocalLoss', 'replace_mmdet_focal_loss', 'swap_focal_loss']
+
+try:
+    import mmengine  # noqa: F401
+except ImportError:
+    pass
+else:
+    # registers AverageLogVarsHook (HOOKS) and CPUSyncBN (MODELS) for data-parallel checks
+    from .distributed import AverageLogVarsHook, CPUSyncBatchNorm  # noqa: F401
+
+    __all__ += ['AverageLogVarsHook', 'CPUSyncBatchNorm']

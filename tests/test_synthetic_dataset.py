@@ -176,3 +176,61 @@ def test_loads_in_mmdet_coco_dataset(ds):
                        a['bbox'][0] + a['bbox'][2], a['bbox'][1] + a['bbox'][3])
                       for a in expected)
         assert got == want
+
+
+def test_paired_images_share_annotations_not_pixels(tmp_path, monkeypatch):
+    """paired=True: images 2k and 2k+1 have the same size and annotations (so the same anchor
+    assignment and number of positives), different backgrounds and colours; its own dataset."""
+    monkeypatch.setenv('MMDET_FOCAL_TRITON_CACHE', str(tmp_path / 'cache'))
+    kw = dict(num_train=8, num_val=3, img_size=96, seed=0)
+    paired = make_synthetic_coco(paired=True, **kw)
+    plain = make_synthetic_coco(**kw)
+    assert paired != plain  # its own cache key
+    assert json.loads((paired / 'meta.json').read_text())['params']['paired'] is True
+    assert 'paired' not in json.loads((plain / 'meta.json').read_text())['params']
+    for split, n in (('train', 8), ('val', 3)):
+        coco = _load(paired, split)
+        images = sorted(coco['images'], key=lambda im: im['id'])
+        assert len(images) == n
+        anns = {im['id']: sorted((a['category_id'], a['bbox'], a['area'])
+                                 for a in coco['annotations'] if a['image_id'] == im['id'])
+                for im in images}
+        for a, b in zip(images[0::2], images[1::2]):
+            assert (a['width'], a['height']) == (b['width'], b['height'])
+            assert anns[a['id']] == anns[b['id']] and anns[a['id']]
+            pa = cv2.imread(str(paired / split / a['file_name'])).astype(np.int16)
+            pb = cv2.imread(str(paired / split / b['file_name'])).astype(np.int16)
+            assert np.abs(pa - pb).mean() > 10  # another background, other colours
+        # consecutive pairs differ from each other
+        assert anns[images[0]['id']] != anns[images[2]['id']]
+    # the same on the drawing level, with the object masks
+    img0, anns0, lab0 = synthetic._draw_image(0, 'train', 4, 96, 6, True, geometry_index=2)
+    img1, anns1, lab1 = synthetic._draw_image(0, 'train', 5, 96, 6, True, geometry_index=2)
+    assert anns0 == anns1 and np.array_equal(lab0, lab1) and not np.array_equal(img0, img1)
+
+
+# annotations of train images 0-2 (seed 0, 160 px) as drawn before `paired` existed: the
+# geometry draws of the default path must stay interleaved with the appearance draws as they were
+PINNED_UNPAIRED = [
+    [(4, [11, 87, 23, 22], 302), (3, [57, 108, 13, 29], 248)],
+    [(0, [20, 130, 17, 17], 197), (0, [63, 65, 27, 27], 529), (5, [47, 97, 43, 49], 1047),
+     (0, [39, 135, 17, 17], 197), (3, [91, 115, 21, 19], 289)],
+    [(4, [12, 46, 32, 32], 591), (5, [56, 24, 21, 23], 267), (4, [35, 70, 57, 57], 1133)],
+]
+
+
+def test_unpaired_output_unchanged():
+    """paired=False draws what it drew before the option existed (annotations pinned; pixels
+    depend on the OpenCV build, so they are not)."""
+    for i, want in enumerate(PINNED_UNPAIRED):
+        assert synthetic._draw_image(0, 'train', i, 160, 6)[1] == want
+
+
+def test_cli_paired(tmp_path):
+    out = tmp_path / 'cli'
+    assert synthetic.main(['--out', str(out), '--num-train', '2', '--num-val', '1',
+                           '--img-size', '64', '--paired']) == 0
+    coco = _load(out, 'train')
+    a, b = ([(x['category_id'], x['bbox']) for x in coco['annotations'] if x['image_id'] == i]
+            for i in (1, 2))
+    assert a == b

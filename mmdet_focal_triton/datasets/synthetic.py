@@ -17,6 +17,12 @@ Boxes are the tight box of each object's visible pixels, in COCO ``[x, y, w, h]`
 coordinates (``0 <= x``, ``x + w <= width``); ``area`` is the visible pixel count; no object is
 more than 40 % hidden by later ones. Category ids are 1..6 in ``SYNTHETIC_CLASSES`` order.
 
+``paired=True`` (``--paired``) makes another dataset, in which images 2k and 2k+1 have the same
+size and the same objects, so exactly the same annotations, on different backgrounds in different
+colours: data-parallel training on 2 ranks (rank r gets images r, r+2, ...) then sees on each rank
+the same number of positive anchors as the other rank, which single-process training at twice
+the batch (images 2k, 2k+1 together) sees twice (tools/ddp_parity.py).
+
 Use from Python::
 
     from mmdet_focal_triton.datasets import make_synthetic_coco, SYNTHETIC_CLASSES
@@ -46,6 +52,7 @@ GENERATOR_VERSION = 1  # bump when the drawing code changes: it is part of the c
 _SPLIT_IDS = {'train': 0, 'val': 1}
 _MIN_VISIBLE = 0.6  # an annotated object keeps at least this fraction of its pixels visible
 _JPEG_QUALITY = 92
+_GEOMETRY_STREAM = 1  # the 4th seed word of the geometry generator of paired images
 
 
 def default_cache_dir() -> Path:
@@ -180,12 +187,23 @@ def _shape_mask(rng: np.random.Generator, cls: int, h: int, w: int) -> np.ndarra
 
 
 def _draw_image(seed: int, split: str, index: int, img_size: int, max_objects: int,
-                return_labels: bool = False):
+                return_labels: bool = False, geometry_index: int | None = None):
     """Return (uint8 HxWx3 image, list of (class index, bbox xywh, area)), plus the int16 map of
-    which object (k + 1 for annotation k, 0 = background) each pixel shows if `return_labels`."""
+    which object (k + 1 for annotation k, 0 = background) each pixel shows if `return_labels`.
+
+    `geometry_index`: None (the default) draws everything from one generator, (seed, split,
+    index). Otherwise the geometry (aspect ratio, number, classes, shapes and places of the
+    objects) comes from a second generator, (seed, split, geometry_index, _GEOMETRY_STREAM), and
+    the appearance (background, object colours and shading, blur, noise) from the first: two
+    images with the same `geometry_index` have the same size, the same objects and the same
+    boxes, on different backgrounds, in different colours. The geometry draws never depend on
+    the appearance draws (the occlusion rule looks at masks only), which is what makes this
+    split possible; with one generator the draws are interleaved exactly as before."""
     cv2 = _cv2()
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-    aspect = float(rng.choice([1.0, 4 / 3, 3 / 4]))
+    geo = rng if geometry_index is None else np.random.default_rng(
+        [seed, _SPLIT_IDS[split], geometry_index, _GEOMETRY_STREAM])
+    aspect = float(geo.choice([1.0, 4 / 3, 3 / 4]))
     if aspect >= 1:
         w, h = img_size, int(round(img_size / aspect))
     else:
@@ -195,11 +213,11 @@ def _draw_image(seed: int, split: str, index: int, img_size: int, max_objects: i
     full_area: list[int] = []
     visible = np.zeros(0, dtype=np.int64)  # visible pixels of each placed object
     classes: list[int] = []
-    n_obj = int(rng.integers(1, max_objects + 1))
+    n_obj = int(geo.integers(1, max_objects + 1))
     for _ in range(n_obj):
         for _attempt in range(20):
-            cls = int(rng.integers(0, len(SYNTHETIC_CLASSES)))
-            mask = _shape_mask(rng, cls, h, w)
+            cls = int(geo.integers(0, len(SYNTHETIC_CLASSES)))
+            mask = _shape_mask(geo, cls, h, w)
             if mask is None:
                 continue
             m = mask.astype(bool)
@@ -245,10 +263,18 @@ def _draw_image(seed: int, split: str, index: int, img_size: int, max_objects: i
 # ---------------------------------------------------------------------------------------------
 # dataset
 # ---------------------------------------------------------------------------------------------
-def _params(num_train, num_val, img_size, seed, max_objects) -> dict:
-    return dict(generator_version=GENERATOR_VERSION, num_train=int(num_train),
-                num_val=int(num_val), img_size=int(img_size), seed=int(seed),
-                max_objects=int(max_objects), classes=list(SYNTHETIC_CLASSES))
+def _params(num_train, num_val, img_size, seed, max_objects, paired=False) -> dict:
+    params = dict(generator_version=GENERATOR_VERSION, num_train=int(num_train),
+                  num_val=int(num_val), img_size=int(img_size), seed=int(seed),
+                  max_objects=int(max_objects), classes=list(SYNTHETIC_CLASSES))
+    if paired:  # only when set: the unpaired datasets keep their cache key and meta.json
+        params['paired'] = True
+    return params
+
+
+def _geometry_index(params: dict, index: int) -> int | None:
+    """Paired datasets: images 2k and 2k+1 share the geometry of pair k."""
+    return index // 2 if params.get('paired') else None
 
 
 def _params_hash(params: dict) -> str:
@@ -270,7 +296,8 @@ def _write_split(out: Path, split: str, n: int, params: dict) -> None:
     ann_id = 1
     for i in range(n):
         img, anns = _draw_image(params['seed'], split, i, params['img_size'],
-                                params['max_objects'])
+                                params['max_objects'],
+                                geometry_index=_geometry_index(params, i))
         file_name = f'{i:06d}.jpg'
         if not cv2.imwrite(str(out / split / file_name), img,
                            [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
@@ -298,7 +325,7 @@ def _write_split(out: Path, split: str, n: int, params: dict) -> None:
 def make_synthetic_coco(root: None | str | os.PathLike = None, num_train: int = 200,
                         num_val: int = 50, img_size: int = 320, seed: int = 0,
                         max_objects: int = 6, overwrite: bool = False,
-                        verbose: bool = False) -> Path:
+                        verbose: bool = False, paired: bool = False) -> Path:
     """Generate the synthetic COCO dataset (or reuse a complete one) and return its root.
 
     Args:
@@ -312,6 +339,15 @@ def make_synthetic_coco(root: None | str | os.PathLike = None, num_train: int = 
             `root` holding something else (another parameter set, or not a dataset), an error is
             raised unless this is set.
         verbose: print what is done.
+        paired: images 2k and 2k+1 (of each split) have the same size and the same objects,
+            hence exactly the same annotations (boxes, categories, areas), drawn on different
+            backgrounds in different colours (an odd last image has no partner). Made for
+            comparing data-parallel training with single-process training at the same total
+            batch (tools/ddp_parity.py): with a per-image loss normaliser such as RetinaNet's
+            number of positive anchors, the two images of a pair have the same anchor
+            assignment, so the normaliser is the same on every rank. A different dataset from
+            the unpaired one (its own cache key); False leaves the output byte for byte as it
+            was before this option existed.
 
     The folder is written atomically (into a temporary sibling, then renamed), so a crashed or
     concurrent run never leaves a half-written dataset that later runs would take as complete.
@@ -322,7 +358,7 @@ def make_synthetic_coco(root: None | str | os.PathLike = None, num_train: int = 
         raise ValueError(f'img_size must be >= 32, got {img_size}')
     if max_objects < 1:
         raise ValueError(f'max_objects must be >= 1, got {max_objects}')
-    params = _params(num_train, num_val, img_size, seed, max_objects)
+    params = _params(num_train, num_val, img_size, seed, max_objects, paired)
     if root is None:
         root = default_cache_dir() / 'synthetic_coco' / _params_hash(params)
     root = Path(root).expanduser().absolute()
@@ -357,7 +393,8 @@ def make_synthetic_coco(root: None | str | os.PathLike = None, num_train: int = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if verbose:
-        print(f'synthetic COCO: wrote {num_train} + {num_val} images to {root} in '
+        print(f'synthetic COCO: wrote {num_train} + {num_val} '
+              f"{'paired ' if paired else ''}images to {root} in "
               f'{time.perf_counter() - t0:.1f} s')
     return root
 
@@ -374,12 +411,15 @@ def main(argv=None) -> int:
     p.add_argument('--img-size', type=int, default=320, help='long side of the images')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-objects', type=int, default=6)
+    p.add_argument('--paired', action='store_true',
+                   help='images 2k and 2k+1 get the same objects and boxes on different '
+                        'backgrounds, in different colours (for tools/ddp_parity.py)')
     p.add_argument('--overwrite', action='store_true')
     args = p.parse_args(argv)
     root = make_synthetic_coco(args.out, num_train=args.num_train, num_val=args.num_val,
                                img_size=args.img_size, seed=args.seed,
                                max_objects=args.max_objects, overwrite=args.overwrite,
-                               verbose=True)
+                               verbose=True, paired=args.paired)
     print(root)
     print(f"classes: {', '.join(SYNTHETIC_CLASSES)} (category ids 1..{len(SYNTHETIC_CLASSES)})")
     return 0
