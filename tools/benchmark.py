@@ -187,10 +187,14 @@ def copy_bandwidth(device):
 
 
 def fused_bytes(N, C, dtype, mode):
+    """Bytes a fused implementation must move in `mode`; NaN for 'bwd' (= fwd_bwd - fwd), which
+    has no floor of its own: a fused forward leaves nothing for the backward to move."""
+    if mode == 'bwd':
+        return float('nan')
     esize = torch.tensor([], dtype=dtype).element_size()
     per_row = 8 + 4  # int64 label + fp32 weight
     b = N * C * esize + N * per_row
-    if mode in ('fwd_bwd', 'fwd', 'bwd'):  # the fused forward writes the gradient
+    if mode in ('fwd_bwd', 'fwd'):  # the fused forward writes the gradient
         b += N * C * esize
     return b
 

@@ -7,6 +7,7 @@ Times (GPU kernel time via torch.profiler) for a 2.4M x 80 fp32 problem:
   copy-rows-128   row blocks, one padded 128-column chunk per row (C = 80)
   focal-16/-128   the real kernel (forward writing the gradient) with 16 / 128-column chunks
 and the fraction of the copy bandwidth each reaches. See notes/perf.md.
+`--check-cost`: instead, the GPU time of each kernel with the input check off / async / sync.
 """
 import os.path as osp
 import sys
@@ -49,7 +50,46 @@ def kernel_ms(fn, iters=20):
     return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
 
 
+def check_cost():
+    """GPU time of each kernel of loss + backward with the input check off / async / sync (the
+    check is fused into the loss kernel: its cost is that kernel's time difference)."""
+    from benchmark import make_inputs
+    from torch.profiler import ProfilerActivity, profile
+
+    import mmdet_focal_triton as mft
+    from mmdet_focal_triton import TritonFocalLoss
+
+    loss = TritonFocalLoss()
+    print(torch.cuda.get_device_name())
+    for N, C, dtype in [(300_000, 1203, torch.float32), (300_000, 1203, torch.bfloat16),
+                        (2_400_000, 80, torch.float32), (2_400_000, 80, torch.bfloat16)]:
+        pred, lab, w, af = make_inputs(N, C, dtype, 'cuda')
+        for mode in ('off', 'async', 'sync'):
+            mft.set_input_checks(mode)
+
+            def step():
+                loss(pred, lab, w, avg_factor=af).backward()
+                pred.grad = None
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    step()
+                torch.cuda.synchronize()
+            per = {e.key[:32]: e.self_device_time_total / 10 / 1e3 for e in prof.key_averages()
+                   if e.self_device_time_total > 0}
+            print(f'{N}x{C} {str(dtype)[6:]} check={mode}: ' +
+                  ', '.join(f'{k} {v:.4f}' for k, v in per.items()))
+        mft.set_input_checks(True)
+        mft.check_pending_inputs()
+        pred = lab = w = af = None
+        torch.cuda.empty_cache()
+
+
 def main():
+    if '--check-cost' in sys.argv:
+        return check_cost()
     from benchmark import copy_bandwidth, make_inputs
 
     import mmdet_focal_triton as mft

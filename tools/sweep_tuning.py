@@ -5,7 +5,8 @@ For each shape / dtype, times loss + backward (the training case) and the forwar
 gradient for every combination given, and prints a table sorted by time, with the fraction of
 the measured copy bandwidth. Used to choose the defaults recorded in notes/perf.md.
   python tools/sweep_tuning.py --shapes 2.4Mx80 300kx1203 --dtypes fp32 bf16 \\
-      --tile 1024 2048 4096 --warps 4 8 16 --programs-per-sm 2 4 8
+      --tile 1024 2048 4096 --block-c 16 32 64 128 --warps 4 8 --programs-per-sm 4 8 \\
+      --fast-math 0 1
 """
 import argparse
 import itertools
@@ -37,15 +38,22 @@ def kernel_ms(fn, pred, iters=20):
     return total_us / iters / 1e3
 
 
+SWEPT = ('tile', 'block_c', 'num_warps', 'programs_per_sm', 'fast_math')
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--shapes', nargs='+', default=['2.4Mx80', '300kx1203'])
     ap.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=list(DTYPES))
-    ap.add_argument('--tile', nargs='+', type=int, default=[2048])
+    ap.add_argument('--tile', nargs='+', type=int, default=[0], help='0: the default per C')
+    ap.add_argument('--block-c', nargs='+', type=int, default=[0], help='0: the default per C')
     ap.add_argument('--warps', nargs='+', type=int, default=[8])
-    ap.add_argument('--programs-per-sm', nargs='+', type=int, default=[4],
+    ap.add_argument('--programs-per-sm', nargs='+', type=int, default=[8],
                     help='0 = one program per row block (no persistent loop)')
+    ap.add_argument('--fast-math', nargs='+', type=int, default=[1], choices=[0, 1],
+                    help='MUFU lg2 / rcp (1) or the accurate expansions (0)')
     ap.add_argument('--top', type=int, default=8, help='rows of each table to print')
+    ap.add_argument('--csv', help='append every measured row to this CSV file')
     args = ap.parse_args(argv)
     from triton.testing import do_bench
 
@@ -54,7 +62,11 @@ def main(argv=None):
 
     loss_fn = TritonFocalLoss()
     bw = copy_bandwidth('cuda')
-    print(f'{torch.cuda.get_device_name()}: copy {bw:.0f} GB/s')
+    dev_name = torch.cuda.get_device_name()
+    print(f'{dev_name}: copy {bw:.0f} GB/s')
+    grid = [dict(zip(SWEPT, combo)) for combo in itertools.product(
+        args.tile, args.block_c, args.warps, args.programs_per_sm, args.fast_math)]
+    out_rows = []
     for shape in args.shapes:
         name, N, C = parse_shape(shape)
         for dt in args.dtypes:
@@ -62,9 +74,11 @@ def main(argv=None):
             pred, lab, w, af = make_inputs(N, C, dtype, 'cuda')
             rows = []
             defaults = dict(ops.TUNING)
-            for tile, warps, ppsm in itertools.product(args.tile, args.warps,
-                                                        args.programs_per_sm):
-                ops.TUNING.update(tile=tile, num_warps=warps, programs_per_sm=ppsm or 10 ** 9)
+            for g in grid:
+                ops.TUNING.update({k: (v or None) if k in ('tile', 'block_c') else v
+                                   for k, v in g.items()})
+                ops.TUNING['programs_per_sm'] = g['programs_per_sm'] or 10 ** 9
+                ops.TUNING['fast_math'] = bool(g['fast_math'])
 
                 def fb():
                     loss_fn(pred, lab, w, avg_factor=af).backward()
@@ -73,31 +87,48 @@ def main(argv=None):
                     with torch.no_grad():
                         loss_fn(pred, lab, w, avg_factor=af)
                 try:
-                    mft.set_input_checks(False)  # kernel time without the host sync
+                    mft.set_input_checks(False)  # kernel time without reading the flag
                     k_fb = kernel_ms(fb, pred)
                     k_fw = kernel_ms(fw, pred)
-                    t_nc = do_bench(fb, warmup=25, rep=100, grad_to_none=[pred],
-                                    return_mode='median')
-                    mft.set_input_checks(True)
-                    t_fb = do_bench(fb, warmup=25, rep=100, grad_to_none=[pred],
-                                    return_mode='median')
+                    t_off = do_bench(fb, warmup=25, rep=100, grad_to_none=[pred],
+                                     return_mode='median')
+                    mft.set_input_checks('async')
+                    t_async = do_bench(fb, warmup=25, rep=100, grad_to_none=[pred],
+                                       return_mode='median')
+                    mft.check_pending_inputs()
                 except Exception as e:  # noqa: BLE001
-                    print(f'  {tile} {warps} {ppsm}: {type(e).__name__} {e}')
+                    print(f'  {g}: {type(e).__name__} {str(e)[-300:]}')
                     continue
                 finally:
                     mft.set_input_checks(True)
+                cfg = ops.launch_config(C, dtype)
                 frac = fused_bytes(N, C, dtype, 'fwd_bwd') / (k_fb * 1e-3) / 1e9 / bw
                 frac_fw = fused_bytes(N, C, dtype, 'fwd_nograd') / (k_fw * 1e-3) / 1e9 / bw
-                rows.append((k_fb, k_fw, frac, frac_fw, tile, warps, ppsm, t_nc, t_fb))
+                desc = (f"BLOCK {cfg['block_r']}x{cfg['block_c']} warps={cfg['num_warps']} "
+                        f"ppsm={g['programs_per_sm']}{' fast' if cfg['fast_math'] else ''}")
+                rows.append((k_fb, k_fw, frac, frac_fw, desc, t_off, t_async))
+                out_rows.append(dict(device=dev_name, shape=name, dtype=dt, config=desc,
+                                     kernel_fwd_bwd_ms=k_fb, kernel_fwd_ms=k_fw,
+                                     frac_copy_bw=frac, wall_nocheck_ms=t_off,
+                                     wall_async_check_ms=t_async))
+            ops.TUNING.clear()
             ops.TUNING.update(defaults)
             rows.sort()
             print(f'\n{name} {dt}: GPU kernel ms (fwd_bwd, fwd_nograd), fraction of copy bw, '
-                  'config, wall ms of fwd_bwd (checks off, on)', flush=True)
+                  'config, wall ms of fwd_bwd (checks off, async)', flush=True)
             for r in rows[:args.top]:
-                print(f'  {r[0]:.4f} {r[1]:.4f}  {r[2]:.3f} {r[3]:.3f}  tile={r[4]} '
-                      f'warps={r[5]} ppsm={r[6]}  wall {r[7]:.4f} {r[8]:.4f}')
+                print(f'  {r[0]:.4f} {r[1]:.4f}  {r[2]:.3f} {r[3]:.3f}  {r[4]}  '
+                      f'wall {r[5]:.4f} {r[6]:.4f}')
             pred = lab = w = af = None
             torch.cuda.empty_cache()
+    if args.csv and out_rows:
+        import csv
+        new = not osp.exists(args.csv)
+        with open(args.csv, 'a', newline='') as f:
+            wr = csv.DictWriter(f, fieldnames=list(out_rows[0]))
+            if new:
+                wr.writeheader()
+            wr.writerows(out_rows)
     return 0
 
 
