@@ -590,21 +590,13 @@ def _versions() -> dict:
 
 
 def _device_name(device: str) -> str:
-    import platform
-
-    import torch
     if device == 'cuda':
-        n = torch.cuda.device_count()
-        return f'{n} x {torch.cuda.get_device_name(0)}'
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                name = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f'{name}, {os.cpu_count()} cores'
+        import torch
+
+        return f'{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}'
+    from parity import device_name  # tools/parity.py: the CPU model and core count
+
+    return device_name('cpu')
 
 
 # ---------------------------------------------------------------------------------------------
