@@ -162,7 +162,7 @@ class _FlagRing:
 _RINGS: dict = {}
 
 
-def _new_event(dev: torch.device, flags: Tensor):
+def _flag_to_host(dev: torch.device, flags: Tensor):
     """Copy `flags` (on `dev`) into a pinned host slot behind the kernels and record an event
     after the copy; returns (host slot, event). On CPU the flag is ready: (flags, None)."""
     if dev.type != 'cuda':
@@ -179,7 +179,7 @@ def _new_event(dev: torch.device, flags: Tensor):
 
 def _defer_check(flags: Tensor, C: int) -> None:
     """Queue the one-element int32 `flags` for `_resolve_checks`, without waiting for it."""
-    host, ev = _new_event(flags.device, flags)
+    host, ev = _flag_to_host(flags.device, flags)
     with _PENDING_LOCK:
         _PENDING.append((host, ev, C))
         overflow = len(_PENDING) > _MAX_PENDING
@@ -280,10 +280,10 @@ def launch_config(C: int, dtype: torch.dtype) -> dict:
     measured = _MEASURED_CONFIG.get((C, dtype.itemsize), {})
     block_c = TUNING['block_c'] or measured.get('block_c') or default_block_c(C)
     tile = TUNING['tile'] or measured.get('tile') or (2048 if block_c <= 16 else 1024)
-    cfg = dict(_DEFAULT_CONFIG, block_r=max(1, tile // block_c), block_c=block_c)
+    cfg = dict(_DEFAULT_CONFIG)
     cfg.update({k: v for k, v in measured.items() if k in cfg})
-    cfg.update({k: v for k, v in TUNING.items() if v is not None and k in cfg and
-                k != 'block_c'})
+    cfg.update({k: v for k, v in TUNING.items() if v is not None and k in cfg})
+    cfg.update(block_r=max(1, tile // block_c), block_c=block_c)
     return cfg
 
 
@@ -365,7 +365,7 @@ def _scale_grad_triton(grad: Tensor, s: Tensor) -> None:
     if n == 0:
         return
     block = 4096
-    programs = min(triton.cdiv(n, block), _num_programs(grad.device, 1 << 62, 4))
+    programs = _num_programs(grad.device, triton.cdiv(n, block), 4)
     with torch.cuda.device(grad.device) if grad.is_cuda else contextlib.nullcontext():
         K.scale_kernel[(programs,)](grad, s, n, BLOCK=block, num_warps=8)
 

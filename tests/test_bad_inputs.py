@@ -116,10 +116,10 @@ def test_async_check_is_raised_when_known(monkeypatch, check_mode):
     after its event completed (a later call, the backward, or check_pending_inputs), once."""
     events = []
 
-    def new_event(dev, flags):
+    def flag_to_host(dev, flags):
         events.append(_FakeEvent())
         return flags, events[-1]
-    monkeypatch.setattr(ops, '_new_event', new_event)
+    monkeypatch.setattr(ops, '_flag_to_host', flag_to_host)
     check_mode('async')
     pred, lab = _inputs('interp')
     bad = lab.clone()

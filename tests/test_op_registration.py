@@ -161,3 +161,15 @@ def test_gradient_buffer_is_adopted_not_copied(impl, path, monkeypatch):
     with impl_context(impl):
         sigmoid_focal_loss(pred, lab, avg_factor=5.0).backward()
     assert len(written) == 1 and pred.grad.data_ptr() == written[0]
+
+
+def test_launch_config_precedence(monkeypatch):
+    """TUNING overrides the measured table, which overrides the rule of default_block_c."""
+    assert ops.launch_config(48, torch.float32)['block_c'] == ops.default_block_c(48) == 16
+    measured = ops.launch_config(80, torch.float32)
+    assert (measured['block_r'], measured['block_c']) == (32, 32)  # the H200 sweep's winner
+    monkeypatch.setitem(ops.TUNING, 'block_c', 16)
+    monkeypatch.setitem(ops.TUNING, 'tile', 4096)
+    monkeypatch.setitem(ops.TUNING, 'num_warps', 4)
+    cfg = ops.launch_config(80, torch.float32)
+    assert (cfg['block_r'], cfg['block_c'], cfg['num_warps']) == (256, 16, 4)

@@ -105,7 +105,8 @@ if str(REPO) not in sys.path:
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
-# tools/parity.py's fp32 values, used only if it cannot be imported (see tolerances())
+# tools/parity.py's fp32 values, quoted by --help only (which should not import torch and mmdet
+# through tools/parity.py); the runs take them from tools/parity.py (see tolerances())
 DEFAULT_HORIZON = 20
 DEFAULT_ITERS = {'cuda': 20, 'cpu': 6}
 _FALLBACK_TOL = dict(first_rtol=1e-5, rtol=1e-3)
@@ -114,11 +115,9 @@ _FALLBACK_TOL = dict(first_rtol=1e-5, rtol=1e-3)
 def tolerances(device: str) -> tuple:
     """(dict(first_rtol, rtol), horizon, source): tools/parity.py's fp32 tolerances for `device`
     (imported lazily: it imports torch and mmdet, which `--help` does not need)."""
-    try:
-        from parity import DEFAULT_HORIZON as horizon
-        from parity import TOLERANCES
-    except ImportError:  # pragma: no cover - tools/parity.py not importable
-        return dict(_FALLBACK_TOL), DEFAULT_HORIZON, 'tools/ddp_parity.py fallback'
+    from parity import DEFAULT_HORIZON as horizon
+    from parity import TOLERANCES
+
     t = TOLERANCES[(device, 'none')]
     return dict(first_rtol=t['first_rtol'], rtol=t['rtol']), horizon, 'tools/parity.py TOLERANCES'
 
@@ -480,14 +479,9 @@ def run_training(spec: str, cfg_path: Path, args, device: str, work_dir: Path,
 # ---------------------------------------------------------------------------------------------
 # comparison
 # ---------------------------------------------------------------------------------------------
-def rel_diff(x: float, y: float) -> float:
-    if not (math.isfinite(x) and math.isfinite(y)):
-        return float('inf')
-    den = max(abs(x), abs(y))
-    return abs(x - y) / den if den > 0 else 0.0
-
-
 def compare(a: dict, b: dict, tol: dict, horizon: int) -> dict:
+    from parity import rel_diffs  # |a-b| / max(|a|,|b|), inf where either is not finite
+
     out = dict(a=a['run'], b=b['run'], rel_diff_per_iter={}, first_iter_rel_diff={},
                max_rel_diff_horizon={}, argmax_iter_horizon={}, max_rel_diff={}, checks={})
     checks = out['checks']
@@ -496,7 +490,7 @@ def compare(a: dict, b: dict, tol: dict, horizon: int) -> dict:
     h = n if horizon <= 0 else min(horizon, n)
     out['horizon_used'] = h
     for k in KEYS:
-        r = [rel_diff(x, y) for x, y in zip(a[k][:n], b[k][:n])]
+        r = rel_diffs(a[k][:n], b[k][:n])
         out['rel_diff_per_iter'][k] = r
         if not r:
             continue
@@ -564,31 +558,6 @@ def summary_text(report: dict) -> str:
     return '\n'.join(lines)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, (int, str, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def _versions() -> dict:
-    import platform
-    from importlib import metadata
-
-    v = {'python': platform.python_version()}
-    for name in ('torch', 'triton', 'mmcv', 'mmdet', 'mmengine'):
-        try:
-            v[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            v[name] = None
-    return v
-
-
 def _device_name(device: str) -> str:
     if device == 'cuda':
         import torch
@@ -602,6 +571,9 @@ def _device_name(device: str) -> str:
 # ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from parity import _jsonable as jsonable
+    from parity import versions
+
     t_start = time.perf_counter()
     work_dir = Path(args.work_dir).absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -739,9 +711,9 @@ def main(argv=None) -> int:
         date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
         command=[sys.executable] + (sys.argv if argv is None else [__file__] + list(argv)),
         tolerance=tol, settings=settings, dataset=pairs, device_name=_device_name(device),
-        versions=_versions(), runs=runs, comparisons=comparisons,
+        versions=versions(), runs=runs, comparisons=comparisons,
         wall_s=time.perf_counter() - t_start)
-    report = _jsonable(report)
+    report = jsonable(report)
     text = summary_text(report)
     (work_dir / 'summary.md').write_text(text)
     (work_dir / 'report.json').write_text(json.dumps(report, indent=1))
