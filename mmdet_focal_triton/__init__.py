@@ -1,25 +1,27 @@
 """Fused Triton sigmoid focal loss for mmdetection 3.x.
 
-``import mmdet_focal_triton`` registers ``TritonFocalLoss`` in mmdet's MODELS registry (when
-mmdet is installed) and exposes the functional API ``sigmoid_focal_loss``; with mmengine it also
-registers the data-parallel helpers of ``mmdet_focal_triton.distributed`` (``AverageLogVarsHook``,
-``CPUSyncBN``).
+``import mmdet_focal_triton`` registers ``TritonFocalLoss``, ``TritonQualityFocalLoss`` and
+``TritonVarifocalLoss`` in mmdet's MODELS registry (when mmdet is installed) and exposes the
+functional API ``sigmoid_focal_loss``, ``quality_focal_loss``, ``varifocal_loss``; with
+mmengine it also registers the data-parallel helpers of ``mmdet_focal_triton.distributed``
+(``AverageLogVarsHook``, ``CPUSyncBN``).
 """
-from .functional import sigmoid_focal_loss
-from .ops import (
-    backend,
+from .functional import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from .ops.backend import backend, get_backend, set_backend
+from .ops.checks import (
     check_pending_inputs,
-    get_backend,
     get_input_checks,
     input_checks_enabled,
-    set_backend,
     set_input_checks,
 )
+from .ops.tuning import reset_tuning, set_tuning
 
 __version__ = '0.1.0'
 
-__all__ = ['sigmoid_focal_loss', 'set_backend', 'get_backend', 'backend', 'set_input_checks',
-           'get_input_checks', 'input_checks_enabled', 'check_pending_inputs', '__version__']
+__all__ = ['sigmoid_focal_loss', 'quality_focal_loss', 'varifocal_loss', 'set_backend',
+           'get_backend', 'backend', 'set_input_checks',
+           'get_input_checks', 'input_checks_enabled', 'check_pending_inputs', 'set_tuning',
+           'reset_tuning', '__version__']
 
 from .compat import patch_mmengine_torch_load
 
@@ -30,10 +32,13 @@ try:
 except ImportError:  # the functional API works without mmdet
     pass
 else:
-    from .config_utils import swap_focal_loss  # noqa: F401
+    from .config_utils import swap_focal_family, swap_focal_loss  # noqa: F401
     from .focal_loss import TritonFocalLoss, replace_mmdet_focal_loss  # noqa: F401
+    from .quality_focal import TritonQualityFocalLoss  # noqa: F401
+    from .varifocal import TritonVarifocalLoss  # noqa: F401
 
-    __all__ += ['TritonFocalLoss', 'replace_mmdet_focal_loss', 'swap_focal_loss']
+    __all__ += ['TritonFocalLoss', 'TritonQualityFocalLoss', 'TritonVarifocalLoss',
+                'replace_mmdet_focal_loss', 'swap_focal_loss', 'swap_focal_family']
 
 try:
     import mmengine  # noqa: F401

@@ -5,15 +5,43 @@ import numbers
 import torch
 from torch import Tensor
 
-from . import ops
+from .ops import checks
+from .ops.focal import focal_loss
+from .ops.quality_focal import quality_focal_loss as _quality_focal_op
+from .ops.spec import (
+    MEAN,
+    NONE,
+    REDUCTIONS,
+    WEIGHT_ELEM,
+    WEIGHT_NONE,
+    WEIGHT_ROW,
+    FocalSpec,
+    QualityFocalSpec,
+    VarifocalSpec,
+)
+from .ops.varifocal import varifocal_loss as _varifocal_op
 
-__all__ = ['sigmoid_focal_loss']
+EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
+
+__all__ = ['sigmoid_focal_loss', 'quality_focal_loss', 'varifocal_loss']
+
+
+def _finite(v) -> bool:
+    """A finite real number (not a bool); the common float case without the ABC check."""
+    return ((type(v) is float or (isinstance(v, numbers.Real) and not isinstance(v, bool)))
+            and math.isfinite(v))
+
+
+_INDEX_DTYPES = {torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16,
+                 torch.uint32, torch.uint64}
 
 
 def _check_tensor(name: str, t, pred: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
-    if t.device != pred.device:
+    # ints and flags first: creating torch.device objects costs more than the whole check
+    if (t.get_device() != pred.get_device() or t.is_cuda != pred.is_cuda
+            or t.is_meta != pred.is_meta) and t.device != pred.device:
         raise ValueError(f'{name} is on {t.device} but pred is on {pred.device}; '
                          'put them on the same device')
 
@@ -21,15 +49,15 @@ def _check_tensor(name: str, t, pred: Tensor) -> None:
 def _weight_mode(weight: Tensor | None, pred: Tensor) -> tuple[int, Tensor | None]:
     """Classify `weight` the way mmdet's py_sigmoid_focal_loss broadcasts it."""
     if weight is None:
-        return ops.WEIGHT_NONE, None
+        return WEIGHT_NONE, None
     _check_tensor('weight', weight, pred)
     if weight.shape == pred.shape:
-        return ops.WEIGHT_ELEM, weight
+        return WEIGHT_ELEM, weight
     N = pred.shape[0]
     if pred.dim() == 2 and weight.dim() >= 1 and weight.shape[0] == N and weight.numel() == N:
-        return ops.WEIGHT_ROW, weight.reshape(N)  # (N,) or (N, 1): one weight per anchor
+        return WEIGHT_ROW, weight.reshape(N)  # (N,) or (N, 1): one weight per anchor
     if pred.dim() == 2 and weight.numel() == pred.numel() and weight.shape[0] != N:
-        return ops.WEIGHT_ELEM, weight.reshape(pred.shape)  # flattened N*C (FSAF)
+        return WEIGHT_ELEM, weight.reshape(pred.shape)  # flattened N*C (FSAF)
     raise ValueError(
         f'weight of shape {tuple(weight.shape)} does not fit pred of shape {tuple(pred.shape)}: '
         f'expected {tuple(pred.shape)}' + (f', ({N},) or {pred.numel()} elements flattened'
@@ -97,13 +125,13 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
         raise TypeError(f'pred must be a floating-point tensor, got dtype {pred.dtype}')
     if pred.dim() == 0:
         raise ValueError('pred must have at least one dimension')
-    if reduction not in ops.REDUCTIONS:
+    if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    if not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma < 0:
+    if not _finite(gamma) or gamma < 0:
         raise ValueError(f'gamma must be a finite number >= 0, got {gamma!r}')
-    if not isinstance(alpha, numbers.Real) or not math.isfinite(alpha):
+    if not _finite(alpha):
         raise ValueError(f'alpha must be a finite number, got {alpha!r}')
-    if not isinstance(loss_weight, numbers.Real):
+    if type(loss_weight) is not float and not isinstance(loss_weight, numbers.Real):
         raise TypeError(f'loss_weight must be a number, got {type(loss_weight).__name__}')
     _check_tensor('target', target, pred)
     if target.dim() == pred.dim():
@@ -118,7 +146,7 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
                 f'target of shape {tuple(target.shape)} does not fit pred of shape '
                 f'{tuple(pred.shape)}: expected class indices of shape (N,) with pred (N, C), '
                 'or a dense target of pred\'s shape')
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        if target.dtype not in _INDEX_DTYPES:
             raise TypeError(f'class-index target must have an integer dtype, got {target.dtype}')
     if target.requires_grad:
         raise ValueError('target must not require grad: the fused focal loss differentiates '
@@ -137,7 +165,9 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
                                  f'or (1,), got shape {tuple(avg_factor.shape)}')
             if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
                 raise TypeError(f'avg_factor must be real, got dtype {avg_factor.dtype}')
-            af_tensor = avg_factor.detach().to(pred.device, non_blocking=True)
+            af_tensor = avg_factor.detach() if avg_factor.requires_grad else avg_factor
+            if af_tensor.get_device() != pred.get_device() or af_tensor.is_cuda != pred.is_cuda:
+                af_tensor = af_tensor.to(pred.device, non_blocking=True)
         elif isinstance(avg_factor, numbers.Real) and not isinstance(avg_factor, bool):
             af_value = float(avg_factor)
         else:
@@ -146,19 +176,271 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
         if reduction == 'sum':
             raise ValueError('avg_factor can not be used with reduction="sum"')
 
-    red = ops.REDUCTIONS[reduction]
+    red = REDUCTIONS[reduction]
     numel = pred.numel()
     scale = float(loss_weight)
-    if red == ops.MEAN and af_tensor is None:
+    if red == MEAN and af_tensor is None:
         if af_value is not None:
-            scale = scale / (af_value + ops.EPS)
+            scale = scale / (af_value + EPS)
         else:
             scale = scale / numel if numel else float('nan')
-    out_dtype = _out_dtype(pred, weight, af_tensor if red == ops.MEAN else None, reduction)
-    write_grad = red != ops.NONE and pred.requires_grad and torch.is_grad_enabled()
-    check = ops.input_checks_enabled() and (index_target or activated)
-    loss, _ = ops.focal_loss(
-        pred, target, weight, af_tensor if red == ops.MEAN else None, float(gamma), float(alpha),
-        scale, scale, red, weight_mode, index_target, bool(activated), write_grad, check,
-        out_dtype)
+    out_dtype = _out_dtype(pred, weight, af_tensor if red == MEAN else None, reduction)
+    write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
+    check = checks._MODE != 'off' and (index_target or activated)
+    flags = FocalSpec(red, weight_mode, index_target, bool(activated), write_grad, check).pack()
+    return focal_loss(pred, target, weight, af_tensor if red == MEAN else None, float(gamma),
+                      float(alpha), scale, flags, out_dtype)
+
+
+# ---- the rest of mmdet's focal family: QualityFocalLoss, VarifocalLoss ---------------------
+def _family_avg_factor(avg_factor, reduction: str, pred: Tensor):
+    """(tensor on pred's device or None, number or None) of an avg_factor, checked as mmdet's
+    weight_reduce_loss uses it."""
+    if avg_factor is None:
+        return None, None
+    if reduction == 'sum':
+        raise ValueError('avg_factor can not be used with reduction="sum"')
+    if isinstance(avg_factor, Tensor):
+        if avg_factor.numel() != 1 or avg_factor.dim() > 1:
+            raise ValueError('avg_factor must be a number or a one-element tensor of shape () '
+                             f'or (1,), got shape {tuple(avg_factor.shape)}')
+        if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
+            raise TypeError(f'avg_factor must be real, got dtype {avg_factor.dtype}')
+        return avg_factor.detach().to(pred.device, non_blocking=True), None
+    if isinstance(avg_factor, numbers.Real) and not isinstance(avg_factor, bool):
+        return None, float(avg_factor)
+    raise TypeError('avg_factor must be None, a number or a one-element tensor, got '
+                    f'{type(avg_factor).__name__}')
+
+
+_DTYPES: dict = {}
+
+
+def _family_out_dtype(base: torch.dtype, weight: Tensor | None,
+                      af: Tensor | None) -> torch.dtype:
+    """The dtype of mmdet's `weight_reduce_loss(loss, weight, reduction, avg_factor)` for a loss
+    of dtype `base` with dimensions: `loss * weight`, then `loss.sum() / (avg_factor + eps)`
+    (`af`: a tensor avg_factor of a 'mean'), by torch's own promotion (cached)."""
+    key = (base, None if weight is None else (weight.dtype, weight.dim() == 0),
+           None if af is None else (af.dtype, af.dim() == 0))
+    dt = _DTYPES.get(key)
+    if dt is None:
+        loss = torch.ones(1, dtype=base)
+        if weight is not None:
+            loss = loss * torch.ones(() if weight.dim() == 0 else (1,), dtype=weight.dtype)
+        if af is not None:
+            loss = loss.sum() / (torch.ones(() if af.dim() == 0 else (1,), dtype=af.dtype) + EPS)
+        dt = _DTYPES[key] = loss.dtype
+    return dt
+
+
+def _family_common(pred: Tensor, reduction: str, loss_weight) -> None:
+    if not isinstance(pred, Tensor):
+        raise TypeError(f'pred must be a torch.Tensor, got {type(pred).__name__}')
+    if not pred.is_floating_point():
+        raise TypeError(f'pred must be a floating-point tensor, got dtype {pred.dtype}')
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    if type(loss_weight) is not float and not isinstance(loss_weight, numbers.Real):
+        raise TypeError(f'loss_weight must be a number, got {type(loss_weight).__name__}')
+
+
+def _no_grad_input(name: str, t: Tensor) -> None:
+    if t.requires_grad:
+        raise ValueError(f'{name} must not require grad: the fused loss differentiates with '
+                         'respect to pred only')
+
+
+def _broadcasts_to(shape, target) -> bool:
+    """Whether `shape` broadcasts to `target` without changing it (torch's rules)."""
+    return len(shape) <= len(target) and all(
+        a in (1, b) for a, b in zip(reversed(shape), reversed(target)))
+
+
+def _real_target(name: str, t: Tensor) -> Tensor:
+    if t.is_complex():
+        raise TypeError(f'{name} must be real, got dtype {t.dtype}')
+    return t.view(torch.uint8) if t.dtype == torch.bool else t
+
+
+def quality_focal_loss(pred: Tensor, target, weight: Tensor | None = None,
+                       reduction: str = 'mean', avg_factor: None | float | int | Tensor = None,
+                       beta: float = 2.0, *, activated: bool = False,
+                       loss_weight: float = 1.0) -> Tensor:
+    """Quality focal loss with exactly the semantics of mmdet 3.3.0's ``QualityFocalLoss``
+    (GFL, RTMDet, TOOD, DDQ; its functions ``quality_focal_loss``,
+    ``quality_focal_loss_with_prob`` and ``quality_focal_loss_tensor_target``), fused.
+
+    Element loss, p = sigmoid(pred) (pred itself with ``activated=True``) and t the element's
+    quality target: ``BCE(pred, t) * |p - t| ** beta``; each row is summed over the classes,
+    then weighted and reduced.
+
+    Args:
+        pred: (N, C) logits (probabilities with ``activated=True``); with a dense target any
+            (N, C, ...) shape (the sum runs over dim 1). fp32, fp16, bf16, fp64; fp32 arithmetic.
+        target: ``(labels, scores)`` (a tuple or list of two tensors, as mmdet's heads pass):
+            integer class indices (N,) with ``C`` = background, and the quality score (N,) of
+            each row's labelled class; or a dense quality target of pred's shape (one-hot with
+            soft values). No one-hot matrix is built for the pair.
+        weight: None, or a weight of the per-row loss: shape (N,) (the per-row loss's shape
+            (N, ...) for dense N-d targets), or anything that broadcasts to it without changing
+            it ((), (1,)).
+        reduction: 'none' (the per-row loss, shape (N,)), 'mean' (over rows) or 'sum'.
+        avg_factor: None, a number or a one-element tensor (0-d, or (1,) which gives a (1,)
+            loss); with 'mean' the loss is ``sum / (avg_factor + eps)``; an error with 'sum'.
+        beta: the exponent of the modulating factor (>= 0).
+        activated: pred holds probabilities (DDQ's auxiliary loss).
+        loss_weight: multiplies the result (folded into the kernel).
+
+    Returns:
+        The loss in the dtype mmdet returns (pred's, promoted by weight / avg_factor tensors).
+
+    Labels outside [0, C] (and probabilities outside [0, 1] when activated) raise a ValueError
+    like ``sigmoid_focal_loss`` (asynchronously on CUDA: see ``set_input_checks``); mmdet counts
+    such labels as background, which is what the loss does with the checks off.
+    """
+    _family_common(pred, reduction, loss_weight)
+    if not _finite(beta) or beta < 0:
+        raise ValueError(f'beta must be a finite number >= 0, got {beta!r}')
+    score = None
+    if isinstance(target, Tensor):  # quality_focal_loss_tensor_target
+        _check_tensor('target', target, pred)
+        if target.shape != pred.shape:
+            raise ValueError(f"a dense target must have pred's shape {tuple(pred.shape)}, got "
+                             f'{tuple(target.shape)}')
+        if pred.dim() < 2:
+            raise ValueError('pred must have at least two dimensions (N, C, ...) with a dense '
+                             f'target (the loss sums over dim 1), got shape {tuple(pred.shape)}')
+        target = _real_target('target', target)
+        _no_grad_input('target', target)
+        index_target = False
+        rows_shape = pred.shape[:1] + pred.shape[2:]
+    elif isinstance(target, (tuple, list)):
+        assert len(target) == 2, ('target for QFL must be a tuple of two elements, including '
+                                  'category label and quality label, respectively')
+        target, score = target
+        _check_tensor('target[0] (labels)', target, pred)
+        _check_tensor('target[1] (scores)', score, pred)
+        if pred.dim() != 2:
+            raise ValueError('pred must have shape (N, C) with (labels, scores) targets, got '
+                             f'{tuple(pred.shape)}')
+        N = pred.shape[0]
+        if target.shape != (N,) or score.shape != (N,):
+            raise ValueError(f'labels and scores must have shape ({N},) for pred of shape '
+                             f'{tuple(pred.shape)}, got {tuple(target.shape)} and '
+                             f'{tuple(score.shape)}')
+        if target.dtype not in _INDEX_DTYPES:
+            raise TypeError(f'labels must have an integer dtype, got {target.dtype}')
+        if not score.is_floating_point():
+            raise TypeError(f'scores must have a floating-point dtype, got {score.dtype}')
+        _no_grad_input('target[1] (scores)', score)
+        index_target = True
+        rows_shape = pred.shape[:1]
+    else:
+        raise TypeError('target must be a (labels, scores) pair or a tensor of pred\'s shape, '
+                        f'got {type(target).__name__}')
+    C = pred.shape[1]
+    pred2, target2 = pred, target
+    if pred.dim() > 2:  # (N, C, ...): classes last, one row per (n, ...)
+        pred2 = pred.movedim(1, -1).reshape(-1, C)
+        target2 = target.movedim(1, -1).reshape(-1, C)
+    if weight is not None:
+        _check_tensor('weight', weight, pred)
+        _no_grad_input('weight', weight)
+        weight = _real_target('weight', weight)
+        if weight.shape == rows_shape:  # the common case: one weight per row
+            w = weight if weight.dim() == 1 else weight.reshape(-1)
+        elif _broadcasts_to(weight.shape, rows_shape):
+            w = weight.expand(rows_shape).reshape(-1)
+        else:
+            hint = (f'; mmdet would broadcast ({pred.shape[0]},) * {tuple(weight.shape)} to a '
+                    'square matrix' if weight.dim() == 2 and weight.shape[-1] == 1 else '')
+            raise ValueError(
+                f'weight of shape {tuple(weight.shape)} does not fit the per-row loss of shape '
+                f'{tuple(rows_shape)} (QualityFocalLoss sums each row over the classes, then '
+                f'multiplies by weight): expected {tuple(rows_shape)} or a shape that '
+                f'broadcasts to it{hint}')
+    else:
+        w = None
+    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
+    red = REDUCTIONS[reduction]
+    af_tensor = af_tensor if red == MEAN else None
+    scale = float(loss_weight)
+    if red == MEAN and af_tensor is None:
+        rows = pred2.shape[0]
+        if af_value is not None:
+            scale = scale / (af_value + EPS)
+        else:
+            scale = scale / rows if rows else float('nan')
+    out_dtype = _family_out_dtype(pred.dtype, weight, af_tensor)
+    write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
+    check = checks._MODE != 'off' and (index_target or activated)
+    flags = QualityFocalSpec(red, w is not None, index_target, bool(activated), write_grad,
+                             check).pack()
+    loss = _quality_focal_op(pred2, target2, score, w, af_tensor, float(beta), scale, flags,
+                             out_dtype)
+    if red == NONE and pred.dim() > 2:
+        loss = loss.reshape(rows_shape)
     return loss
+
+
+def varifocal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                   alpha: float = 0.75, gamma: float = 2.0, iou_weighted: bool = True,
+                   reduction: str = 'mean', avg_factor: None | float | int | Tensor = None, *,
+                   loss_weight: float = 1.0) -> Tensor:
+    """Varifocal loss with exactly the semantics of mmdet 3.3.0's ``varifocal_loss`` /
+    ``VarifocalLoss`` (VFNet), fused.
+
+    Element loss, p = sigmoid(pred): ``BCE(pred, t) * t`` (``* 1`` without ``iou_weighted``)
+    where t > 0, ``alpha * BCE(pred, t) * |p - t| ** gamma`` where t <= 0; the gradient flows
+    through the modulating factor as in mmdet (which does not detach it).
+
+    Args:
+        pred: logits, (N, C) or any shape. fp32, fp16, bf16, fp64; fp32 arithmetic.
+        target: IoU-aware classification target of pred's shape (any real dtype).
+        weight: None or a tensor that broadcasts to pred's shape ((N, C), (N, 1), (C,), ()...).
+        alpha, gamma, iou_weighted: mmdet's parameters (gamma >= 0).
+        reduction, avg_factor, loss_weight: as ``sigmoid_focal_loss``.
+
+    Returns:
+        The loss in the dtype mmdet returns: at least float32 (mmdet's focal weight is a float32
+        tensor), promoted by weight / avg_factor tensors.
+    """
+    _family_common(pred, reduction, loss_weight)
+    if pred.dim() == 0:
+        raise ValueError('pred must have at least one dimension')
+    if not _finite(gamma) or gamma < 0:
+        raise ValueError(f'gamma must be a finite number >= 0, got {gamma!r}')
+    if not _finite(alpha):
+        raise ValueError(f'alpha must be a finite number, got {alpha!r}')
+    _check_tensor('target', target, pred)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got "
+                         f'{tuple(target.shape)}')
+    target = _real_target('target', target)
+    _no_grad_input('target', target)
+    w = None
+    if weight is not None:
+        _check_tensor('weight', weight, pred)
+        _no_grad_input('weight', weight)
+        if not _broadcasts_to(weight.shape, pred.shape):
+            raise ValueError(f'weight of shape {tuple(weight.shape)} does not broadcast to '
+                             f'pred\'s shape {tuple(pred.shape)}')
+        weight = _real_target('weight', weight)
+        w = weight if weight.shape == pred.shape else weight.expand(pred.shape)
+    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
+    red = REDUCTIONS[reduction]
+    af_tensor = af_tensor if red == MEAN else None
+    scale = float(loss_weight)
+    if red == MEAN and af_tensor is None:
+        numel = pred.numel()
+        if af_value is not None:
+            scale = scale / (af_value + EPS)
+        else:
+            scale = scale / numel if numel else float('nan')
+    out_dtype = _family_out_dtype(torch.promote_types(pred.dtype, torch.float32), weight,
+                                  af_tensor)
+    write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
+    flags = VarifocalSpec(red, w is not None, bool(iou_weighted), write_grad).pack()
+    return _varifocal_op(pred, target, w, af_tensor, float(alpha), float(gamma), scale, flags,
+                         out_dtype)

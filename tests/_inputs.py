@@ -9,28 +9,44 @@ from conftest import INTERPRETER
 
 import mmdet_focal_triton as mft
 
-# Where the op runs: PyTorch on CPU, the Triton kernels through the interpreter on CPU, CUDA.
+# Where the op runs: PyTorch on CPU, the Triton kernels through the interpreter on CPU, CUDA;
+# the Triton kernels in both layouts of contiguous inputs ('rows', and 'flat': ops/tuning.py).
+_NEEDS_INTERPRETER = pytest.mark.skipif(not INTERPRETER,
+                                        reason='TRITON_INTERPRET=1 is set only without a GPU')
 IMPLS = [
     pytest.param('cpu', id='cpu-torch'),
-    pytest.param('interp', id='cpu-triton-interpreter',
-                 marks=pytest.mark.skipif(not INTERPRETER,
-                                          reason='TRITON_INTERPRET=1 is set only without a GPU')),
+    pytest.param('interp', id='cpu-triton-interpreter', marks=_NEEDS_INTERPRETER),
     pytest.param('cuda', id='cuda-triton', marks=pytest.mark.cuda),
+]
+# the focal loss's tests: also its flat layout (the rows layout above)
+FOCAL_IMPLS = IMPLS + [
+    pytest.param('interp-flat', id='cpu-triton-interpreter-flat', marks=_NEEDS_INTERPRETER),
+    pytest.param('cuda-flat', id='cuda-triton-flat', marks=pytest.mark.cuda),
 ]
 
 TOL = {torch.float64: 1e-5, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 def device_of(impl):
-    return 'cuda' if impl == 'cuda' else 'cpu'
+    return 'cuda' if impl.startswith('cuda') else 'cpu'
 
 
+@contextlib.contextmanager
+def _layout(name):
+    """Both layouts for contiguous inputs, whatever the launch table picks for the shape."""
+    mft.set_tuning(layout=name)
+    try:
+        yield
+    finally:
+        mft.set_tuning(layout=None)
+
+
+@contextlib.contextmanager
 def impl_context(impl):
-    if impl == 'interp':
-        return mft.backend('triton')
-    if impl == 'cpu':
-        return mft.backend('torch')
-    return contextlib.nullcontext()
+    backend = {'cpu': 'torch', 'interp': 'triton', 'interp-flat': 'triton'}.get(impl)
+    with mft.backend(backend) if backend else contextlib.nullcontext(), \
+            _layout('flat' if impl.endswith('flat') else 'rows'):
+        yield
 
 
 # A different seed per test case, reproducible across runs; FOCAL_TEST_SEED shifts them all

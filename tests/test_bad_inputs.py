@@ -3,12 +3,13 @@ import contextlib
 
 import pytest
 import torch
-from _inputs import IMPLS, device_of, impl_context
+from _inputs import FOCAL_IMPLS, device_of, impl_context
 from conftest import INTERPRETER
 from reference import reference_focal_loss, rel_err
 
 import mmdet_focal_triton as mft
-from mmdet_focal_triton import ops, sigmoid_focal_loss
+from mmdet_focal_triton import sigmoid_focal_loss
+from mmdet_focal_triton.ops import checks
 
 
 def _inputs(impl, N=8, C=5):
@@ -20,10 +21,13 @@ def _inputs(impl, N=8, C=5):
 
 @pytest.fixture
 def check_mode():
-    """Set the input check mode for one test; restore the default and drop pending checks."""
+    """Set the input check mode for one test; restore the default and drop anything reported."""
     yield mft.set_input_checks
     mft.set_input_checks(True)
-    ops._PENDING.clear()
+    try:
+        mft.check_pending_inputs()
+    except ValueError:
+        pass
 
 
 def _raises_now_or_pending(mode, match):
@@ -37,7 +41,7 @@ def _raises_now_or_pending(mode, match):
     return ctx()
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('mode', ['sync', 'async'])
 @pytest.mark.parametrize('bad_label', [-1, 6, 1000])
 def test_label_out_of_range(impl, mode, bad_label, check_mode):
@@ -51,12 +55,12 @@ def test_label_out_of_range(impl, mode, bad_label, check_mode):
                 sigmoid_focal_loss(pred, lab, reduction=red)
         with torch.no_grad(), _raises_now_or_pending(mode, 'target'):
             sigmoid_focal_loss(pred, lab)
-        assert not ops._PENDING
+        mft.check_pending_inputs()  # reported once: nothing left
         sigmoid_focal_loss(pred, lab.clamp(0, 5)).backward()  # nothing left to raise
         mft.check_pending_inputs()
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 def test_unchecked_labels_are_background(impl, check_mode):
     """With the checks off (no host sync), an out-of-range label is background and reads nothing
     out of bounds."""
@@ -72,7 +76,7 @@ def test_unchecked_labels_are_background(impl, check_mode):
     assert rel_err(out, ref) <= 1e-5
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('mode', ['sync', 'async'])
 def test_activated_probabilities_out_of_range(impl, mode, check_mode):
     pred, lab = _inputs(impl)
@@ -94,65 +98,48 @@ def test_check_mode_setting(check_mode):
         mft.set_input_checks('later')
 
 
-class _FakeEvent:
-    """Stands in for a CUDA event whose kernel has not finished yet."""
-    waited = 0
-
-    def __init__(self):
-        self.done = False
-
-    def query(self):
-        return self.done
-
-    def synchronize(self):
-        _FakeEvent.waited += 1
-        self.done = True
-
-
 @pytest.mark.skipif(not INTERPRETER, reason='drives the Triton kernels on CPU tensors')
-def test_async_check_is_raised_when_known(monkeypatch, check_mode):
-    """The deferral logic of the asynchronous check, on CPU with events that complete when the
-    test says so: a bad call does not raise; the error comes at the first resolution point
-    after its event completed (a later call, the backward, or check_pending_inputs), once."""
-    events = []
-
-    def flag_to_host(dev, flags):
-        events.append(_FakeEvent())
-        return flags, events[-1]
-    monkeypatch.setattr(ops, '_flag_to_host', flag_to_host)
+def test_async_check_is_raised_when_known(check_mode):
+    """The deferral logic of the asynchronous check, with the real kernel under the interpreter
+    (which, like a GPU that has finished, has written the flag by the time the host looks): a
+    bad call does not raise; the error comes at the next point that reads the flag (a later
+    call, the backward, or check_pending_inputs), once; 'sync' raises in the call."""
     check_mode('async')
     pred, lab = _inputs('interp')
     bad = lab.clone()
     bad[0] = 9
     with mft.backend('triton'):
-        loss = sigmoid_focal_loss(pred, bad)  # not raised: the flag is not known yet
-        mft.check_pending_inputs(wait=False)
-        assert len(ops._PENDING) == 1
-        sigmoid_focal_loss(pred, lab)  # still not known: queued behind it
-        assert len(ops._PENDING) == 2
-        events[0].done = True
+        sigmoid_focal_loss(pred, bad)  # not raised by the call itself
         with pytest.raises(ValueError, match='asynchronous input check'):
             sigmoid_focal_loss(pred, lab)  # the next call raises it
-        assert not ops._PENDING  # reported once
-        sigmoid_focal_loss(pred, lab)
+        sigmoid_focal_loss(pred, lab).backward()  # reported once: the flag was cleared
+        mft.check_pending_inputs()
 
         loss = sigmoid_focal_loss(pred, bad)
-        for ev in events:  # one stream: events complete in order
-            ev.done = True
         with pytest.raises(ValueError, match=r'outside \[0, 5\]'):
             loss.backward()  # or the backward of the bad loss itself
 
-        sigmoid_focal_loss(pred, bad)
+        sigmoid_focal_loss(pred, bad, reduction='none')
         with pytest.raises(ValueError, match='asynchronous'):
-            mft.check_pending_inputs()  # waits for the event
-        assert events[-1].done
-
-        _FakeEvent.waited = 0  # the queue is bounded: the oldest is waited for
-        for _ in range(ops._MAX_PENDING + 5):
-            sigmoid_focal_loss(pred, lab)
-        assert len(ops._PENDING) == ops._MAX_PENDING and _FakeEvent.waited == 5
+            mft.check_pending_inputs()
         mft.check_pending_inputs()
-        assert not ops._PENDING
+
+        check_mode('sync')
+        with pytest.raises(ValueError, match=r'means background\)$'):
+            sigmoid_focal_loss(pred, bad)  # in the call, and not called asynchronous
+        sigmoid_focal_loss(pred, lab)
+
+
+def test_flag_word_names_the_class_count(check_mode):
+    """The word a kernel writes (bits | C << 2) becomes the ValueError of that loss's C, once."""
+    checks.flag_arg(-1)  # the slot of CPU tensors (Triton interpreter)
+    checks.FLAGS.view[0] = 1203 << 2 | checks.LABEL_BIT
+    with pytest.raises(ValueError, match=r'outside \[0, 1203\].*asynchronous'):
+        checks.poll(-1)
+    checks.poll(-1)  # cleared
+    checks.FLAGS.view[0] = 80 << 2 | checks.PROB_BIT
+    with pytest.raises(ValueError, match=r'probabilities in \[0, 1\]'):
+        mft.check_pending_inputs(wait=False)
 
 
 @pytest.mark.cuda
@@ -195,12 +182,11 @@ def test_async_check_on_cuda(where, check_mode):
             loss.backward()
         else:
             mft.check_pending_inputs()
-    assert not ops._PENDING
-    sigmoid_focal_loss(pred, lab).backward()
+    sigmoid_focal_loss(pred, lab).backward()  # reported once
     mft.check_pending_inputs()
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 def test_argument_errors(impl):
     pred, lab = _inputs(impl)
     dev = pred.device

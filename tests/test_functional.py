@@ -7,7 +7,7 @@ gradient with SPEC §3's relative-norm tolerances (1e-5 fp32/fp64, 1e-2 fp16/bf1
 import pytest
 import torch
 from _inputs import (
-    IMPLS,
+    FOCAL_IMPLS,
     TOL,
     device_of,
     impl_context,
@@ -20,6 +20,7 @@ from _inputs import (
 from reference import reference_focal_loss, rel_err
 
 from mmdet_focal_triton import sigmoid_focal_loss
+from mmdet_focal_triton.ops.spec import FocalSpec
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 TARGETS = ['index', 'onehot', 'soft']
@@ -63,7 +64,7 @@ def run_case(impl, N, C, dtype, target_kind, weight_kind, reduction, af_kind, ga
     return out, grad
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('target_kind', TARGETS)
 @pytest.mark.parametrize('weight_kind', WEIGHTS)
@@ -72,7 +73,7 @@ def test_grid(impl, dtype, target_kind, weight_kind, reduction, af_kind, poison)
     run_case(impl, 37, 80, dtype, target_kind, weight_kind, reduction, af_kind)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize('target_kind', ['index', 'onehot', 'soft'])
 @pytest.mark.parametrize('reduction,af_kind', [('none', None), ('mean', 't0'), ('sum', None)])
@@ -86,7 +87,7 @@ SHAPES = [(0, 80), (1, 80), (1, 1), (7, 1), (333, 1), (5, 1203), (1, 1203), (0, 
 REDUCTIONS = [('none', None), ('mean', 't1'), ('sum', None), ('mean', None)]
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('N,C,reduction,af_kind', [
     (N, C, r, a) for N, C in SHAPES for r, a in REDUCTIONS
     if not (N == 0 and (r, a) == ('mean', None))])  # NaN by definition: test_empty_mean_is_nan
@@ -95,16 +96,16 @@ def test_shapes(impl, N, C, target_kind, reduction, af_kind, poison):
     run_case(impl, N, C, torch.float32, target_kind, 'row', reduction, af_kind)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('N', [3000])
 @pytest.mark.parametrize('C', [80, 1203])
 def test_large_rows(impl, N, C, poison):
-    if impl == 'interp' and C > 80:
+    if impl.startswith('interp') and C > 80:
         N = 300  # keep the interpreter quick
     run_case(impl, N, C, torch.float32, 'index', 'row', 'mean', 't0')
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('layout', ['strided', 'transposed'])
 @pytest.mark.parametrize('target_kind', ['index', 'soft'])
 @pytest.mark.parametrize('weight_kind', ['row', 'elem'])
@@ -114,7 +115,7 @@ def test_non_contiguous(impl, layout, target_kind, weight_kind, reduction, af_ki
              layout=layout)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('gamma', [0.0, 0.5, 1.0, 2.0, 3.5])
 @pytest.mark.parametrize('alpha', [0.25, 0.5, -1.0])
 @pytest.mark.parametrize('target_kind', ['index', 'soft'])
@@ -123,7 +124,7 @@ def test_gamma_alpha(impl, gamma, alpha, target_kind, poison):
              alpha=alpha, loss_weight=0.5)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('scale', [30.0, 1e4])
 @pytest.mark.parametrize('target_kind', ['index', 'onehot', 'soft'])
@@ -133,7 +134,7 @@ def test_extreme_logits(impl, dtype, scale, target_kind, poison):
     run_case(impl, 31, 80, dtype, target_kind, 'none', 'none', None, scale=scale)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('C', [1, 80, 1203])
 @pytest.mark.parametrize('reduction', ['mean', 'none'])
@@ -160,10 +161,10 @@ def test_confident_predictions(impl, dtype, C, reduction, poison):
     assert rel_err(out, ref) <= TOL[dtype] and rel_err(grad, gref) <= TOL[dtype]
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 def test_dense_nd_and_1d(impl, poison):
     """Dense targets of any number of dims (Grounding DINO passes (B, Q, C)); 1-D too."""
-    dev = 'cuda' if impl == 'cuda' else 'cpu'
+    dev = device_of(impl)
     g = make_generator('nd', impl)
     for shape in [(2, 9, 80), (50,), (3, 4, 5, 6)]:
         pred = (torch.randn(shape, generator=g) * 3).to(dev).requires_grad_(True)
@@ -184,7 +185,7 @@ def test_dense_nd_and_1d(impl, poison):
                 assert rel_err(out, ref) <= 1e-5 and rel_err(grad, gref) <= 1e-5
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 def test_empty_mean_is_nan(impl):
     """'mean' without avg_factor over zero elements is NaN, like torch.mean (and mmdet); the
     gradient is zero-size."""
@@ -200,7 +201,7 @@ def test_empty_mean_is_nan(impl):
     assert pred.grad.shape == (0, 80)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 def test_no_grad_and_grad_free_pred(impl):
     """Without a gradient to compute the forward writes no gradient buffer; values unchanged."""
     dev = device_of(impl)
@@ -212,14 +213,14 @@ def test_no_grad_and_grad_free_pred(impl):
         with torch.no_grad():
             b = sigmoid_focal_loss(pred.clone().requires_grad_(True), lab, avg_factor=5.0)
         _, grad = torch.ops.mmdet_focal_triton.focal_loss(
-            pred, lab, None, None, 2.0, 0.25, 0.2, 0.2, 1, 0, True, False, False, True,
+            pred, lab, None, None, 2.0, 0.25, 0.2, FocalSpec(1, 0, True, False, False, True).pack(),
             torch.float32)
     assert not a.requires_grad and not b.requires_grad
     assert grad.numel() == 0
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
 def test_output_dtype_matches_mmdet(impl):
     """The loss dtype follows torch promotion as in mmdet: fp32 weights promote fp16 losses,
     a 0-d / (1,) fp32 avg_factor promotes the mean."""
@@ -263,3 +264,20 @@ def test_against_mmdet_focal_loss_cpu():
             (go,) = torch.autograd.grad(ours, pred)
             assert ours.shape == theirs.shape
             assert rel_err(ours, theirs) <= 1e-5 and rel_err(go, gt) <= 1e-5
+
+
+@pytest.mark.parametrize('impl', FOCAL_IMPLS)
+@pytest.mark.parametrize('dtype', [torch.int64, torch.int32, torch.int16, torch.uint8])
+def test_label_dtypes(impl, dtype, poison):
+    """Class indices of any integer dtype (uint8 cannot hold the kernels' -1 or C sentinels)."""
+    dev = device_of(impl)
+    g = make_generator('labels', impl, str(dtype))
+    pred = make_pred(53, 80, torch.float32, dev, g).requires_grad_(True)
+    lab = make_target('index', 53, 80, 'cpu', g)
+    with impl_context(impl):
+        out = sigmoid_focal_loss(pred, lab.to(dtype).to(dev), avg_factor=3.0)
+        (grad,) = torch.autograd.grad(out, pred)
+    xr = pred.detach().double().cpu().requires_grad_(True)
+    ref = reference_focal_loss(xr, lab, avg_factor=3.0)
+    (gref,) = torch.autograd.grad(ref, xr)
+    assert rel_err(out, ref) <= 1e-5 and rel_err(grad, gref) <= 1e-5

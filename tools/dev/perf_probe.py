@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # tools/ (benchmark helpers)
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # repo root
 
 
 @triton.jit
@@ -93,7 +93,8 @@ def main():
     from benchmark import copy_bandwidth, make_inputs
 
     import mmdet_focal_triton as mft
-    from mmdet_focal_triton import TritonFocalLoss, ops
+    from mmdet_focal_triton import TritonFocalLoss
+    from mmdet_focal_triton.ops import tuning
 
     bw = copy_bandwidth('cuda')
     print(f'{torch.cuda.get_device_name()}: copy {bw:.0f} GB/s')
@@ -113,12 +114,12 @@ def main():
         mft.set_input_checks(False)
         for bc in (None, 64, 256):
             for tile in (1024, 2048, 4096):
-                ops.TUNING.update(block_c=bc, tile=tile, programs_per_sm=10 ** 9)
+                tuning.set_tuning(block_c=bc, tile=tile, programs_per_sm=10 ** 9)
 
                 def fwd():
                     loss(pred, lab, w, avg_factor=af)
                 res[f'focal-fwd+grad-c{bc or "auto"}-t{tile}'] = kernel_ms(fwd)
-        ops.TUNING.update(block_c=None)
+        tuning.reset_tuning()
         mft.set_input_checks(True)
         print(f'\n{N}x{C} {dtype}: read+write {nbytes / 1e9:.2f} GB, floor '
               f'{nbytes / bw / 1e6:.3f} ms')

@@ -1,18 +1,17 @@
-"""Triton kernels of the fused sigmoid focal loss.
+"""Triton kernel of the fused sigmoid focal loss (mmdet's `FocalLoss`).
 
-The main kernel computes, over a persistent grid of programs that stride through blocks of rows
-(walking each row block in column chunks), any of: the elementwise loss, a per-program partial
-sum of the loss, and the gradient with respect to the logits (already multiplied by weight,
-normalisation and loss weight, so that the backward pass only rescales). With class-index
-targets, per-row work (label, weight, validity, and the row's one positive element) is done once
-per row and the inner loop evaluates only the negative-target formula; see notes/perf.md.
-A tiny second kernel adds the partial sums in a fixed order (deterministic, no float atomics)
-and applies the normalisation. A third rescales the gradient in place by the
-upstream gradient in the backward pass, and does nothing when that gradient is exactly 1.
+One launch computes, over a persistent grid of programs that stride through blocks of rows
+(walking each row block in column chunks), any of: the elementwise loss, the reduced loss, and
+the gradient with respect to the logits (already multiplied by weight, normalisation and loss
+weight, so that the backward pass only rescales). The reduction is finished inside the same
+launch by the last program to arrive (`common.reduce_in_last_program`: fixed order, no float
+atomics). With class-index targets, per-row work (label, weight, validity, and the row's one
+positive element) is done once per row and the inner loop evaluates only the negative-target
+formula; see notes/perf.md. Labels outside [0, C] (and probabilities outside [0, 1] when
+activated) raise a sticky flag in host-mapped memory (`common.report_bad_input`), read by the
+host without a synchronisation (`ops/checks.py`).
 
-All arithmetic is fp32 whatever the storage dtype; offsets are int64. The kernels use only core
-`tl` operations so that they also run under the Triton interpreter (`TRITON_INTERPRET=1`) on CPU
-tensors, which is how CI exercises them.
+All arithmetic is fp32 whatever the storage dtype; offsets are int64.
 
 Math (p = sigmoid(x), y the target, aw = alpha*y + (1-alpha)*(1-y), pt = (1-p)*y + p*(1-y)):
     loss = BCEWithLogits(x, y) * aw * pt**gamma
@@ -24,75 +23,33 @@ so neither log(0) nor pt**(gamma-1) appears, for any finite x.
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+from .common import (
+    LN2,
+    LOG2E,
+    log1p_exp_neg,
+    pow_gamma,
+    recip_1_2,
+    reduce_in_last_program,
+    report_bad_input,
+)
 
-# Compile-time modes (chosen by ops.py): GAMMA_MODE 0 (gamma == 0: the modulating factor is 1),
-# 2 (gamma == 2, the default: pt * pt, no transcendental), 1 (any other: exp2(gamma*log2(pt)));
-# WEIGHT_MODE 0 (none), 1 (one weight per row), 2 (one weight per element).
-
-
-@triton.jit
-def _log2_1_2(x, FAST: tl.constexpr):
-    """log2(x) for x in [1, 2]: the MUFU instruction (absolute error ~2^-22) on the GPU,
-    instead of the accurate libm expansion (~20 instructions) that `tl.log2` becomes."""
-    if FAST:
-        r = tl.inline_asm_elementwise('lg2.approx.ftz.f32 $0, $1;', '=r,r', [x],
-                                      dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        r = tl.log2(x)
-    return r
-
-
-@triton.jit
-def _recip_1_2(x, FAST: tl.constexpr):
-    """1 / x for x in [1, 2]: one MUFU instruction (1 ulp) on the GPU."""
-    if FAST:
-        r = tl.inline_asm_elementwise('rcp.approx.ftz.f32 $0, $1;', '=r,r', [x],
-                                      dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        r = tl.fdiv(tl.full(x.shape, 1.0, tl.float32), x, ieee_rounding=False)
-    return r
-
-
-@triton.jit
-def _log1p_exp_neg(a, FAST: tl.constexpr):
-    """(e, log1p(e)) with e = exp(-a), a >= 0.
-
-    log1p(e) is a degree-5 Taylor polynomial for e < 1/32 (relative error < 1e-8) and
-    log2(1 + e) * ln2 above (absolute error ~6e-8 on a value >= 0.03: relative < 2e-6): one
-    transcendental instead of the two of Goldberg's trick, and accurate where the loss of a
-    confidently classified element is tiny."""
-    e = tl.exp2(-a * LOG2E)
-    poly = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (-0.25 + e * 0.2))))
-    lp = tl.where(e < 0.03125, poly, _log2_1_2(1.0 + e, FAST) * LN2)
-    return e, lp
-
-
-@triton.jit
-def _pow_gamma(base, log2_base, gamma, GAMMA_MODE: tl.constexpr):
-    """base ** gamma for base in [0, 1]; log2_base is log2(base) (may be -inf)."""
-    if GAMMA_MODE == 0:
-        r = tl.full(base.shape, 1.0, tl.float32)
-    elif GAMMA_MODE == 2:
-        r = base * base
-    else:
-        r = tl.exp2(gamma * log2_base)
-    return r
+# Compile-time modes (chosen by ops/focal.py): GAMMA_MODE 0 (gamma == 0: the modulating factor
+# is 1), 2 (gamma == 2, the default: pt * pt, no transcendental), 1 (any other:
+# exp2(gamma*log2(pt))); WEIGHT_MODE 0 (none), 1 (one weight per row), 2 (one weight per element).
 
 
 @triton.jit
 def _focal_soft(x, y, gamma, alpha, GAMMA_MODE: tl.constexpr, FAST: tl.constexpr):
     """Loss and d loss / dx for dense (possibly soft) targets y in [0, 1] (fp32)."""
     ax = tl.abs(x)
-    e, lp = _log1p_exp_neg(ax, FAST)
+    e, lp = log1p_exp_neg(ax, FAST)
     bce = tl.maximum(x, 0.0) - x * y + lp
-    r = _recip_1_2(1.0 + e, FAST)
+    r = recip_1_2(1.0 + e, FAST)
     p = tl.where(x >= 0.0, r, e * r)
     q = tl.where(x >= 0.0, e * r, r)  # 1 - p, accurate
     pt = q * y + p * (1.0 - y)
     log2_pt = tl.log2(pt)
-    mod = _pow_gamma(pt, log2_pt, gamma, GAMMA_MODE)
+    mod = pow_gamma(pt, log2_pt, gamma, GAMMA_MODE)
     aw = alpha * y + (1.0 - alpha) * (1.0 - y)
     loss = aw * bce * mod
     # d pt**gamma / dx = gamma * pt**gamma * (1-2y) * p*q / pt; the term vanishes where pt == 0
@@ -109,7 +66,7 @@ def _focal_prob(p, y, gamma, alpha, GAMMA_MODE: tl.constexpr):
     bce = -(y * logp + (1.0 - y) * log1mp)
     pt = (1.0 - p) * y + p * (1.0 - y)
     log2_pt = tl.log2(pt)
-    mod = _pow_gamma(pt, log2_pt, gamma, GAMMA_MODE)
+    mod = pow_gamma(pt, log2_pt, gamma, GAMMA_MODE)
     aw = alpha * y + (1.0 - alpha) * (1.0 - y)
     loss = aw * bce * mod
     # torch's BCE backward: (p - y) / max(p * (1 - p), 1e-12)
@@ -132,14 +89,14 @@ def _neg_focal(x, gamma, GAMMA_MODE: tl.constexpr, FAST: tl.constexpr):
 
     The hot path: every element of a class-index row but one is negative. A positive element
     is the same formula at -x (z = -x below), times alpha instead of (1 - alpha)."""
-    e, lp = _log1p_exp_neg(tl.abs(x), FAST)
-    r = _recip_1_2(1.0 + e, FAST)  # sigmoid(|x|)
+    e, lp = log1p_exp_neg(tl.abs(x), FAST)
+    r = recip_1_2(1.0 + e, FAST)  # sigmoid(|x|)
     er = e * r  # sigmoid(-|x|)
     ge = x >= 0.0
     pt = tl.where(ge, r, er)  # sigmoid(x) = p: the modulating base of a negative
     q = tl.where(ge, er, r)  # 1 - p
     bce = tl.maximum(x, 0.0) + lp  # softplus(x)
-    mod = _pow_gamma(pt, (x - bce) * LOG2E, gamma, GAMMA_MODE)
+    mod = pow_gamma(pt, (x - bce) * LOG2E, gamma, GAMMA_MODE)
     loss = bce * mod
     dx = mod * (pt + gamma * bce * q)
     return loss, dx
@@ -153,37 +110,42 @@ def focal_loss_kernel(
     UP, stride_ur, stride_uc,  # upstream gradient (R, C), read only if UPSTREAM
     LOSS,  # elementwise loss out, contiguous (R, C), written only if WRITE_LOSS
     GRAD,  # gradient out, contiguous (R, C), written only if WRITE_GRAD
-    PARTIAL,  # fp32 (num_programs,) per-program loss sums, written only if WRITE_PARTIAL
-    BAD,  # int32 (num_programs,) invalid-input flags (bit 0 label, bit 1 probability), if CHECK
-    AF,  # pointer to the avg_factor tensor (one element), read only if HAS_AF
-    R, C,  # rows and columns (classes)
+    OUT,  # the reduced loss (one element), written only if REDUCE
+    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
+    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
+    FLAG,  # int32 sticky invalid-input flag in host-mapped memory (CHECK)
+    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    R,  # rows
+    C,  # columns (classes)
     num_row_blocks,  # cdiv(R, BLOCK_R); the programs stride over them (persistent grid)
     gamma, alpha,  # focal parameters
-    grad_scale,  # factor of the gradient (and of a 'none' loss): loss_weight / normaliser
+    scale,  # loss_weight / normaliser: factor of the reduced loss, of a 'none' loss and of the
+    #         gradient (which HAS_AF further divides by avg_factor + eps)
     eps,  # added to avg_factor (float32 machine epsilon, as mmdet)
     INDEX_TARGET: tl.constexpr,  # targets are class indices in [0, C], C = background
     ACTIVATED: tl.constexpr,  # X holds probabilities, not logits
     WEIGHT_MODE: tl.constexpr,  # 0 none, 1 per row, 2 per element
     GAMMA_MODE: tl.constexpr,  # 0: gamma == 0, 2: gamma == 2, 1: any
-    HAS_AF: tl.constexpr,  # divide the gradient by (avg_factor + eps), read from AF
+    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
     UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
     WRITE_LOSS: tl.constexpr,  # store the elementwise loss
-    WRITE_PARTIAL: tl.constexpr,  # store this program's loss sum
+    REDUCE: tl.constexpr,  # reduce the loss to OUT (sum * scale [/ (avg_factor + eps)])
     WRITE_GRAD: tl.constexpr,  # store the gradient
     CHECK: tl.constexpr,  # flag labels outside [0, C] / probabilities outside [0, 1]
     EVEN_C: tl.constexpr,  # C % BLOCK_C == 0: no column mask
     BLOCK_R: tl.constexpr,  # rows per block
     BLOCK_C: tl.constexpr,  # columns per chunk; a program walks its rows chunk by chunk
+    BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
     FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp through inline PTX (GPU only: not interpretable)
 ):
     # class-index targets with logits: negatives-only inner loop + one positive per row
     HARD: tl.constexpr = INDEX_TARGET and not ACTIVATED
     pid = tl.program_id(0).to(tl.int64)
     nprog = tl.num_programs(0)
-    scale = grad_scale
+    gscale = scale  # of the gradient
     if WRITE_GRAD:
         if HAS_AF:
-            scale = scale / (tl.load(AF).to(tl.float32) + eps)
+            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
     # invalid-input flags: a scalar for the labels (one reduction per row block: a row-vector
     # carried across the loop instead cost 27 registers at C = 1203, and half the occupancy),
@@ -200,7 +162,8 @@ def focal_loss_kernel(
         if WEIGHT_MODE == 1:
             w_r = tl.load(W + rows * stride_wr, mask=rmask, other=0).to(tl.float32)
         if INDEX_TARGET:
-            lab = tl.load(T + rows * stride_tr, mask=rmask, other=C)
+            # int64 whatever the labels' dtype (uint8 labels cannot hold -1 or C)
+            lab = tl.load(T + rows * stride_tr, mask=rmask, other=0).to(tl.int64)
             valid = (lab >= 0) & (lab < C)
             if CHECK:
                 bad_lab = bad_lab | tl.max((((lab < 0) | (lab > C)) & rmask).to(tl.int32), axis=0)
@@ -214,9 +177,9 @@ def focal_loss_kernel(
                 w_p = tl.load(W + rows * stride_wr + lab32 * stride_wc, mask=pmask,
                               other=0).to(tl.float32)
             lpos_w = alpha * lpos * w_p  # its loss and gradient, weighted
-            gpos_w = -alpha * dpos * w_p * scale
+            gpos_w = -alpha * dpos * w_p * gscale
             wn_l = (1.0 - alpha) * w_r  # per-row factors of the negatives
-            wn_g = wn_l * scale
+            wn_g = wn_l * gscale
         # ---- the row's columns, chunk by chunk ---------------------------------------------
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
@@ -232,7 +195,7 @@ def focal_loss_kernel(
                     w = tl.load(W + rows[:, None] * stride_wr + cols[None, :] * stride_wc,
                                 mask=mask, other=0).to(tl.float32) * (1.0 - alpha)
                     loss = loss * w
-                    dx = dx * (w * scale)
+                    dx = dx * (w * gscale)
                 else:
                     loss = loss * wn_l[:, None]
                     dx = dx * wn_g[:, None]
@@ -261,12 +224,12 @@ def focal_loss_kernel(
                 elif WEIGHT_MODE == 1:
                     loss = loss * w_r[:, None]
                     dx = dx * w_r[:, None]
-                g = dx * scale
-            if WRITE_PARTIAL:
+                g = dx * gscale
+            if REDUCE:
                 acc += tl.where(mask, loss, 0.0)
             if WRITE_LOSS:
                 tl.store(LOSS + out_row[:, None] + cols[None, :],
-                         (loss * grad_scale).to(LOSS.dtype.element_ty), mask=mask)
+                         (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
             if WRITE_GRAD:
                 if UPSTREAM:
                     up = tl.load(UP + rows[:, None] * stride_ur + cols[None, :] * stride_uc,
@@ -274,70 +237,124 @@ def focal_loss_kernel(
                     g = g * up.to(tl.float32)
                 tl.store(GRAD + out_row[:, None] + cols[None, :], g.to(GRAD.dtype.element_ty),
                          mask=mask)
-    if WRITE_PARTIAL:
-        tl.store(PARTIAL + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
     if CHECK:
         if ACTIVATED:
             bad_lab = bad_lab | tl.max(tl.max(bad & 2, axis=1), axis=0)
-        tl.store(BAD + pid, bad_lab)
+        report_bad_input(FLAG, bad_lab, C)
+    if REDUCE:
+        reduce_in_last_program(tl.sum(tl.sum(acc, axis=1), axis=0), PARTIAL, COUNTER, OUT, AF,
+                               scale, eps, HAS_AF, BLOCK_P)
 
 
 @triton.jit
-def finalize_kernel(
-    PARTIAL,  # fp32 (P,) partial sums from focal_loss_kernel
-    BAD,  # int32 (P,) invalid-input flags, read only if CHECK
-    P,  # number of partial sums
-    OUT,  # the reduced loss, one element, any float dtype
-    BAD_OUT,  # int32 (1,) OR of the flags, written only if CHECK
-    AF,  # pointer to avg_factor (one element), read only if HAS_AF
-    out_scale,  # loss_weight / normaliser (for 'mean' without avg_factor: / (R*C))
+def focal_loss_flat_kernel(
+    X,  # logits (probabilities if ACTIVATED), contiguous, R * C elements
+    T,  # targets: (R,) class indices if INDEX_TARGET else R * C dense, contiguous
+    W,  # weights: (R,) if WEIGHT_MODE == 1, R * C if 2, unused if 0; contiguous
+    UP,  # upstream gradient, R * C contiguous, read only if UPSTREAM
+    LOSS,  # elementwise loss out, R * C, written only if WRITE_LOSS
+    GRAD,  # gradient out, R * C, written only if WRITE_GRAD
+    OUT,  # the reduced loss (one element), written only if REDUCE
+    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
+    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
+    FLAG,  # int32 sticky invalid-input flag in host-mapped memory (CHECK)
+    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    R,  # rows
+    C,  # columns (classes)
+    inv_C,  # 1 / C in fp32: row of an element within a block by one multiply (exact here)
+    num_blocks,  # cdiv(R * C, BLOCK); the programs stride over them (persistent grid)
+    gamma, alpha,  # focal parameters
+    scale,  # as focal_loss_kernel
     eps,  # added to avg_factor
-    HAS_AF: tl.constexpr,
-    CHECK: tl.constexpr,
-    BLOCK: tl.constexpr,
+    INDEX_TARGET: tl.constexpr,  # targets are class indices in [0, C], C = background
+    ACTIVATED: tl.constexpr,  # X holds probabilities, not logits
+    WEIGHT_MODE: tl.constexpr,  # 0 none, 1 per row, 2 per element
+    GAMMA_MODE: tl.constexpr,  # 0: gamma == 0, 2: gamma == 2, 1: any
+    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
+    UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
+    WRITE_LOSS: tl.constexpr,  # store the elementwise loss
+    REDUCE: tl.constexpr,  # reduce the loss to OUT
+    WRITE_GRAD: tl.constexpr,  # store the gradient
+    CHECK: tl.constexpr,  # flag labels outside [0, C] / probabilities outside [0, 1]
+    BLOCK: tl.constexpr,  # elements per block (a flat, aligned run of memory)
+    CHECK_ROWS: tl.constexpr,  # labels checked per step of the label-check loop
+    BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
+    FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp through inline PTX (GPU only)
 ):
-    acc = tl.zeros([BLOCK], tl.float32)
-    nbad = tl.zeros([BLOCK], tl.int32)
-    for start in range(0, P, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        m = offs < P
-        acc += tl.load(PARTIAL + offs, mask=m, other=0.0)
-        if CHECK:
-            nbad = nbad | tl.load(BAD + offs, mask=m, other=0)
-    total = tl.sum(acc, axis=0) * out_scale
-    if HAS_AF:
-        total = total / (tl.load(AF).to(tl.float32) + eps)
-    tl.store(OUT, total.to(OUT.dtype.element_ty))
+    """The same results as `focal_loss_kernel` for contiguous inputs, walking the (R, C) matrix
+    as one flat array in blocks of BLOCK elements: every load and store is a full-width vector
+    access whatever C is (rows of C = 1203 fp32 are not 16-byte aligned, which limits the
+    row-block layout to scalar accesses). The row of an element (for its label and weight) is
+    found by one fp32 multiply; a class-index element's target is `column == label`, and a
+    positive is the negative formula at -x (one select each way)."""
+    HARD: tl.constexpr = INDEX_TARGET and not ACTIVATED
+    pid = tl.program_id(0).to(tl.int64)
+    nprog = tl.num_programs(0)
+    n = tl.cast(R, tl.int64) * C  # (R may be the constant 1)
+    gscale = scale  # of the gradient
+    if WRITE_GRAD:
+        if HAS_AF:
+            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
     if CHECK:
-        tl.store(BAD_OUT, tl.max(nbad & 1, axis=0) | tl.max(nbad & 2, axis=0))
-
-
-@triton.jit
-def check_kernel(
-    BAD,  # int32 (P,) invalid-input flags
-    P,  # number of flags
-    BAD_OUT,  # int32 (1,) their OR
-    BLOCK: tl.constexpr,
-):
-    nbad = tl.zeros([BLOCK], tl.int32)
-    for start in range(0, P, BLOCK):
+        if INDEX_TARGET:  # the labels, once: a short loop over R, apart from the main loop
+            bad = tl.zeros([], tl.int32)
+            for r0 in range(pid * CHECK_ROWS, R, nprog * CHECK_ROWS):
+                rr = r0 + tl.arange(0, CHECK_ROWS)
+                lab = tl.load(T + rr, mask=rr < R, other=0).to(tl.int64)
+                bad = bad | tl.max(((lab < 0) | (lab > C)).to(tl.int32), axis=0)
+            report_bad_input(FLAG, bad, C)
+    acc = tl.zeros([BLOCK], tl.float32)
+    badp = tl.zeros([BLOCK], tl.int32)
+    for b in range(pid, num_blocks, nprog):
+        start = b * BLOCK  # int64
         offs = start + tl.arange(0, BLOCK)
-        nbad = nbad | tl.load(BAD + offs, mask=offs < P, other=0)
-    tl.store(BAD_OUT, tl.max(nbad & 1, axis=0) | tl.max(nbad & 2, axis=0))
-
-
-@triton.jit
-def scale_kernel(
-    G,  # gradient buffer, contiguous, rescaled in place
-    S,  # upstream gradient of the reduced loss (one element)
-    n,  # number of elements of G
-    BLOCK: tl.constexpr,  # elements per program and step; the programs stride over G
-):
-    s = tl.load(S).to(tl.float32)
-    if s != 1.0:  # the common case (grad of a plain sum of losses): a few programs, no pass
-        step = tl.num_programs(0).to(tl.int64) * BLOCK
-        for start in range(tl.program_id(0).to(tl.int64) * BLOCK, n, step):
-            offs = start + tl.arange(0, BLOCK).to(tl.int64)
-            m = offs < n
-            g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
-            tl.store(G + offs, (g * s).to(G.dtype.element_ty), mask=m)
+        mask = offs < n
+        x = tl.load(X + offs, mask=mask, other=0.5).to(tl.float32)
+        if INDEX_TARGET or WEIGHT_MODE == 1:
+            row0 = start // C  # one 64-bit division per block
+            local = (start - row0 * C).to(tl.int32) + tl.arange(0, BLOCK)  # < C + BLOCK
+            rl = ((local.to(tl.float32) + 0.5) * inv_C).to(tl.int32)  # row within the block
+            row = row0 + rl
+        if INDEX_TARGET:
+            lab = tl.load(T + row, mask=mask, other=0).to(tl.int64)
+            # compared as int64: labels outside [0, C) match no column
+            is_pos = (local - rl * C) == lab
+        w = 1.0
+        if WEIGHT_MODE == 1:
+            w = tl.load(W + row, mask=mask, other=0).to(tl.float32)
+        elif WEIGHT_MODE == 2:
+            w = tl.load(W + offs, mask=mask, other=0).to(tl.float32)
+        if HARD:
+            z = tl.where(is_pos, -x, x)
+            l0, d0 = _neg_focal(z, gamma, GAMMA_MODE, FAST_MATH)
+            aw = tl.where(is_pos, alpha, 1.0 - alpha) * w
+            loss = l0 * aw
+            dx = tl.where(is_pos, -d0, d0) * aw
+        else:
+            if INDEX_TARGET:
+                y = is_pos.to(tl.float32)
+            else:
+                y = tl.load(T + offs, mask=mask, other=0).to(tl.float32)
+            if ACTIVATED:
+                loss, dx = _focal_prob(x, y, gamma, alpha, GAMMA_MODE)
+                if CHECK:
+                    badp = badp | (((x < 0.0) | (x > 1.0)) & mask).to(tl.int32)
+            else:
+                loss, dx = _focal_soft(x, y, gamma, alpha, GAMMA_MODE, FAST_MATH)
+            loss = loss * w
+            dx = dx * w
+        if REDUCE:
+            acc += tl.where(mask, loss, 0.0)
+        if WRITE_LOSS:
+            tl.store(LOSS + offs, (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
+        if WRITE_GRAD:
+            g = dx * gscale
+            if UPSTREAM:
+                g = g * tl.load(UP + offs, mask=mask, other=0).to(tl.float32)
+            tl.store(GRAD + offs, g.to(GRAD.dtype.element_ty), mask=mask)
+    if CHECK:
+        if ACTIVATED:
+            report_bad_input(FLAG, tl.max(badp, axis=0) * 2, C)
+    if REDUCE:
+        reduce_in_last_program(tl.sum(acc, axis=0), PARTIAL, COUNTER, OUT, AF, scale, eps,
+                               HAS_AF, BLOCK_P)

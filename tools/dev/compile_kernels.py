@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Compile the Triton kernels ahead of time for a GPU target, without a GPU (CI-safe).
 
-Catches front-end and back-end compile errors of every constexpr combination the launcher can
-request (`--quick`, `--smoke`: subsets).
+Catches front-end and back-end compile errors of every constexpr combination the launchers can
+request, for the focal kernel and the family's (quality focal, varifocal) (`--quick`, `--smoke`:
+subsets).
 `--sass`: instead, compile the training variant (class indices, per-row weights, avg_factor,
 gradient) the way the JIT specialises it for real contiguous arguments (strides of 1 become
 constants, multiples of 16 are marked), and count the SASS instructions per element of the
 inner (column-chunk) loop, with registers per thread: the instruction count of notes/perf.md.
-  python tools/compile_kernels.py [--arch 90] [--quick | --smoke | --sass [--fast-math 0|1]]
+  python tools/dev/compile_kernels.py [--arch 90] [--quick | --smoke | --sass [--fast-math 0|1]]
 """
 import argparse
 import itertools
@@ -15,19 +16,105 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # repo root
 
 
 _BASE = dict(INDEX_TARGET=True, ACTIVATED=False, WEIGHT_MODE=1, GAMMA_MODE=2, HAS_AF=True,
-             UPSTREAM=False, WRITE_LOSS=False, WRITE_PARTIAL=True, WRITE_GRAD=True, CHECK=True)
+             UPSTREAM=False, WRITE_LOSS=False, REDUCE=True, WRITE_GRAD=True, CHECK=True,
+             BLOCK_P=1024)
 SMOKE = [  # a few representative variants (CI: tests/test_tools.py)
     ('fp32', _BASE),
     ('bf16', dict(_BASE, WEIGHT_MODE=2, GAMMA_MODE=1)),
     ('fp16', dict(_BASE, INDEX_TARGET=False, ACTIVATED=True, HAS_AF=False, WRITE_LOSS=True,
-                  WRITE_PARTIAL=False, WRITE_GRAD=False)),
-    ('fp32', dict(_BASE, INDEX_TARGET=False, UPSTREAM=True, WRITE_PARTIAL=False, CHECK=False,
+                  REDUCE=False, WRITE_GRAD=False)),
+    ('fp32', dict(_BASE, INDEX_TARGET=False, UPSTREAM=True, REDUCE=False, CHECK=False,
                   GAMMA_MODE=0)),
 ]
+
+
+# The quality focal and varifocal kernels (kernels/quality_focal.py, kernels/varifocal.py).
+_QFL_BASE = dict(INDEX_TARGET=True, ACTIVATED=False, WEIGHTED=True, MOD_MODE=2, HAS_AF=True,
+                 UPSTREAM=False, WRITE_LOSS=False, REDUCE=True, WRITE_GRAD=True, CHECK=True,
+                 BLOCK_P=1024)
+_VFL_BASE = dict(IOU_WEIGHTED=True, WEIGHT_MODE=0, MOD_MODE=2, HAS_AF=True, UPSTREAM=False,
+                 WRITE_LOSS=False, REDUCE=True, WRITE_GRAD=True, BLOCK_P=1024)
+FAMILY_SMOKE = [  # (kernel, dtype, constexprs): training variants and a few others
+    ('qfl', 'fp32', _QFL_BASE),
+    ('qfl', 'bf16', dict(_QFL_BASE, INDEX_TARGET=False, ACTIVATED=True, MOD_MODE=1,
+                         HAS_AF=False, WRITE_LOSS=True, REDUCE=False, WRITE_GRAD=False)),
+    ('qfl', 'fp16', dict(_QFL_BASE, UPSTREAM=True, REDUCE=False, HAS_AF=False, MOD_MODE=0)),
+    ('vfl', 'fp32', _VFL_BASE),
+    ('vfl', 'bf16', dict(_VFL_BASE, WEIGHT_MODE=2, MOD_MODE=1, IOU_WEIGHTED=False,
+                         HAS_AF=False, WRITE_LOSS=True, REDUCE=False, WRITE_GRAD=False)),
+    ('vfl', 'fp32', dict(_VFL_BASE, WEIGHT_MODE=1, UPSTREAM=True, REDUCE=False, HAS_AF=False,
+                         MOD_MODE=0)),
+]
+
+
+def _modes(red_mode):
+    return dict(HAS_AF=red_mode.startswith('partial'), UPSTREAM=red_mode == 'upstream',
+                WRITE_LOSS=red_mode == 'loss', REDUCE=red_mode.startswith('partial'),
+                WRITE_GRAD=red_mode in ('partial+grad', 'upstream'), BLOCK_P=1024)
+
+
+def family_variants(quick=False, smoke=False):
+    """(kernel, dtype, constexprs) combinations the family's kernels are launched with."""
+    if smoke:
+        yield from FAMILY_SMOKE
+        return
+    red_modes = ('partial+grad', 'partial', 'loss', 'upstream')
+    for dtype in (['fp32'] if quick else ['fp32', 'bf16', 'fp16']):
+        for index, activated, weighted, mode in itertools.product(
+                [True, False], [False, True], [False, True], [2, 1, 0]):
+            if quick and (activated or mode == 0):
+                continue
+            for red_mode in red_modes:
+                yield 'qfl', dtype, dict(INDEX_TARGET=index, ACTIVATED=activated,
+                                         WEIGHTED=weighted, MOD_MODE=mode,
+                                         CHECK=index or activated, **_modes(red_mode))
+        for iou, wmode, mode in itertools.product([True, False], [0, 1, 2], [2, 1, 0]):
+            if quick and (not iou or mode == 0):
+                continue
+            for red_mode in red_modes:
+                yield 'vfl', dtype, dict(IOU_WEIGHTED=iou, WEIGHT_MODE=wmode, MOD_MODE=mode,
+                                         **_modes(red_mode))
+
+
+def compile_family(quick, smoke, arch) -> int:
+    """Compile the family's kernel variants (even and masked column chunks, fast math on and
+    off); print one line each; return the number of failures."""
+    from mmdet_focal_triton.kernels.quality_focal import quality_focal_loss_kernel
+    from mmdet_focal_triton.kernels.varifocal import varifocal_loss_kernel
+
+    fails = 0
+    for kernel, dtype, consts in family_variants(quick, smoke):
+        if kernel == 'qfl':
+            fn = quality_focal_loss_kernel
+            ptrs = dict(X=f'*{dtype}', T='*i64' if consts['INDEX_TARGET'] else '*fp32',
+                        S='*fp32', W='*fp32', UP='*fp32', LOSS='*fp32', GRAD=f'*{dtype}',
+                        OUT='*fp32', PARTIAL='*fp32', COUNTER='*i32', FLAG='*i32', AF='*fp32')
+            floats = {'beta': 'fp32', 'scale': 'fp32', 'eps': 'fp32'}
+        else:
+            fn = varifocal_loss_kernel
+            ptrs = dict(X=f'*{dtype}', T='*fp32', W='*fp32', UP='*fp32', LOSS='*fp32',
+                        GRAD=f'*{dtype}', OUT='*fp32', PARTIAL='*fp32', COUNTER='*i32',
+                        AF='*fp32')
+            floats = {'alpha': 'fp32', 'gamma': 'fp32', 'scale': 'fp32', 'eps': 'fp32'}
+        shapes = [('even', dict(EVEN_C=True, BLOCK_R=128, BLOCK_C=16)),
+                  ('masked', dict(EVEN_C=False, BLOCK_R=16, BLOCK_C=64))]
+        for (kname, shape), fast in itertools.product(shapes, (True, False)):
+            if (quick or smoke) and kname == 'masked' and not fast:
+                continue
+            try:
+                compile_one(fn, ptrs, floats, dict(consts, FAST_MATH=fast, **shape), arch)
+                info = 'ok'
+            except Exception as e:  # noqa: BLE001
+                fails += 1
+                info = f'FAILED {type(e).__name__}: {str(e)[-600:]}'
+            short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
+            print(f'{kernel} {kname}{"-fast" if fast else ""} {dtype} {short}: {info}',
+                  flush=True)
+    return fails
 
 
 def variants(quick=False, smoke=False):
@@ -44,9 +131,9 @@ def variants(quick=False, smoke=False):
                 yield dtype, dict(
                     INDEX_TARGET=index, ACTIVATED=activated, WEIGHT_MODE=wmode, GAMMA_MODE=gmode,
                     HAS_AF=red_mode.startswith('partial'), UPSTREAM=red_mode == 'upstream',
-                    WRITE_LOSS=red_mode == 'loss', WRITE_PARTIAL=red_mode.startswith('partial'),
+                    WRITE_LOSS=red_mode == 'loss', REDUCE=red_mode.startswith('partial'),
                     WRITE_GRAD=red_mode in ('partial+grad', 'upstream'),
-                    CHECK=index or activated)
+                    CHECK=index or activated, BLOCK_P=1024)
 
 
 def compile_one(fn, ptr_types, scalar_types, consts, arch):
@@ -69,7 +156,7 @@ def compile_one(fn, ptr_types, scalar_types, consts, arch):
 
 
 def jit_like_compile(C, dtype, arch=90, **overrides):
-    """Compile focal_loss_kernel as `ops._launch` would launch it on contiguous (N, C) logits,
+    """Compile focal_loss_kernel as `ops/focal.py` launches it on contiguous (N, C) logits,
     int64 labels and per-row weights, with the JIT's argument specialisation."""
     import torch
     import triton
@@ -77,18 +164,18 @@ def jit_like_compile(C, dtype, arch=90, **overrides):
     from triton.backends.compiler import BaseBackend, GPUTarget
     from triton.compiler import ASTSource
 
-    from mmdet_focal_triton import kernels as K
-    from mmdet_focal_triton import ops
+    from mmdet_focal_triton.kernels import focal as K
+    from mmdet_focal_triton.ops.tuning import launch_config
 
     N = 300_000
-    cfg = ops.launch_config(C, dtype)
+    cfg = launch_config(C, dtype)
     x = torch.empty(0, dtype=dtype)
     vals = dict(X=x, stride_xr=C, stride_xc=1, T=torch.empty(0, dtype=torch.int64), stride_tr=1,
                 stride_tc=0, W=torch.empty(0), stride_wr=1, stride_wc=0, UP=x, stride_ur=C,
-                stride_uc=1, LOSS=x, GRAD=x, PARTIAL=torch.empty(0),
-                BAD=torch.empty(0, dtype=torch.int32), AF=torch.empty(0), R=N, C=C,
-                num_row_blocks=triton.cdiv(N, cfg['block_r']), gamma=2.0, alpha=0.25,
-                grad_scale=1.0, eps=1e-7)
+                stride_uc=1, LOSS=x, GRAD=x, OUT=torch.empty(0), PARTIAL=torch.empty(0),
+                COUNTER=torch.empty(0, dtype=torch.int32), FLAG=torch.empty(0, dtype=torch.int32),
+                AF=torch.empty(0), R=N, C=C, num_row_blocks=triton.cdiv(N, cfg['block_r']),
+                gamma=2.0, alpha=0.25, scale=1.0, eps=1e-7)
     consts = dict(_BASE, EVEN_C=C % cfg['block_c'] == 0, BLOCK_R=cfg['block_r'],
                   BLOCK_C=cfg['block_c'], FAST_MATH=bool(cfg['fast_math']))
     consts.update(overrides)
@@ -100,16 +187,16 @@ def jit_like_compile(C, dtype, arch=90, **overrides):
         elif isinstance(vals[name], float):
             sig[name] = 'fp32'
         else:
-            ty, spec = native_specialize_impl(BaseBackend, vals[name], False, True, True)
+            specialize = name not in fn.do_not_specialize
+            ty, spec = native_specialize_impl(BaseBackend, vals[name], False, specialize, True)
             if ty == 'constexpr':
                 sig[name], cx[(i,)] = ty, spec
             else:
                 sig[name] = ty
-                if 'D' in spec:
+                if spec and 'D' in spec:
                     attrs[(i,)] = [['tt.divisibility', 16]]
     src = ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32),
-                              options=dict(num_warps=cfg['num_warps']))
+    compiled = triton.compile(src, target=GPUTarget('cuda', arch, 32), options=cfg['options'])
     return compiled, cfg
 
 
@@ -132,11 +219,17 @@ def sass_counts(compiled, cfg):
     ins = [(int(m.group(1), 16), m.group(2)) for m in
            re.finditer(r'/\*([0-9a-f]{4,})\*/\s+([^;]*);', sass)]
     index = {a: i for i, (a, _) in enumerate(ins)}
-    loops = []
+    loops = []  # (first, last) instruction index of each loop body
     for i, (a, text) in enumerate(ins):
         m = re.search(r'BRA\s.*?(0x[0-9a-f]+)', text)
         if m and int(m.group(1), 16) < a:  # a backward branch closes a loop
-            loops.append(i + 1 - index[int(m.group(1), 16)])
+            loops.append((index[int(m.group(1), 16)], i))
+    # the column-chunk loop: an innermost loop that evaluates the loss (MUFU.EX2 in its body);
+    # the reduction's loop over partial sums at the end of the kernel is innermost too
+    inner = [(b, e) for b, e in loops
+             if not any(b <= b2 and e2 <= e and (b2, e2) != (b, e) for b2, e2 in loops)
+             and any('MUFU.EX2' in t for _, t in ins[b:e + 1])]
+    loops = [e + 1 - b for b, e in inner]
     per_thread = cfg['block_r'] * cfg['block_c'] // (32 * cfg['num_warps'])
     regs = int(re.search(r'REG:(\d+)', usage).group(1))
     return min(loops) / per_thread, regs
@@ -166,15 +259,15 @@ def main(argv=None):
                       f'{per_elem:.1f} instructions per element (inner loop), {regs} registers',
                       flush=True)
         return 0
-    from mmdet_focal_triton import kernels as K
+    from mmdet_focal_triton.kernels import common
+    from mmdet_focal_triton.kernels import focal as K
 
     fails = 0
-    floats = {'gamma': 'fp32', 'alpha': 'fp32', 'grad_scale': 'fp32', 'eps': 'fp32',
-              'out_scale': 'fp32'}
+    floats = {'gamma': 'fp32', 'alpha': 'fp32', 'scale': 'fp32', 'eps': 'fp32'}
     for dtype, consts in variants(args.quick, args.smoke):
         ptrs = dict(X=f'*{dtype}', T='*i64' if consts['INDEX_TARGET'] else '*fp32', W='*fp32',
-                    UP='*fp32', LOSS='*fp32', GRAD=f'*{dtype}', PARTIAL='*fp32', BAD='*i32',
-                    AF='*fp32')
+                    UP='*fp32', LOSS='*fp32', GRAD=f'*{dtype}', OUT='*fp32', PARTIAL='*fp32',
+                    COUNTER='*i32', FLAG='*i32', AF='*fp32')
         shapes = [('even', dict(EVEN_C=True, BLOCK_R=128, BLOCK_C=16)),
                   ('masked', dict(EVEN_C=False, BLOCK_R=16, BLOCK_C=64))]
         for (kname, shape), fast in itertools.product(shapes, (True, False)):
@@ -191,12 +284,9 @@ def main(argv=None):
                 info = f'FAILED {type(e).__name__}: {str(e)[-600:]}'
             short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
             print(f'{kname} {dtype} {short}: {info}', flush=True)
+    fails += compile_family(args.quick, args.smoke, args.arch)
     for name, fn, ptrs, consts in [
-        ('finalize', K.finalize_kernel, dict(PARTIAL='*fp32', BAD='*i32', OUT='*fp32',
-                                             BAD_OUT='*i32', AF='*fp32'),
-         dict(HAS_AF=True, CHECK=True, BLOCK=1024)),
-        ('check', K.check_kernel, dict(BAD='*i32', BAD_OUT='*i32'), dict(BLOCK=1024)),
-        ('scale', K.scale_kernel, dict(G='*bf16', S='*fp32'), dict(BLOCK=4096)),
+        ('scale', common.scale_kernel, dict(G='*bf16', S='*fp32'), dict(BLOCK=4096)),
     ]:
         try:
             compile_one(fn, ptrs, floats, consts, args.arch)

@@ -1,0 +1,129 @@
+"""Autograd glue shared by the fused losses.
+
+The forward of a reduced loss ('mean' / 'sum') writes d loss / d pred, already multiplied by
+weights, normalisation and loss weight. The backward only multiplies that buffer in place by the
+upstream gradient (`scale_grad_`: one launch that does no pass over the data when the upstream
+gradient is 1, as for a plain sum of losses) and hands it to autograd, which adopts it as
+`pred.grad` without a copy (it holds the only reference). For 'none' the forward writes the
+elementwise loss, and the backward recomputes the gradient times the upstream gradient in one
+fused pass (the loss's own `none_backward`).
+
+Eager calls use a `torch.autograd.Function` (`eager=True` below: tensors kept as attributes of
+the context, implementations called directly); under torch.compile the registered
+`torch.library` op's autograd runs the same code with saved tensors and the ops' dispatcher.
+"""
+import torch
+from torch import Tensor
+
+from . import checks
+from .backend import use_triton
+from .launcher import Kernel, clear_on_retune, current_stream, device_guard, int_class
+from .spec import NONE
+from .tuning import num_programs
+
+_SCALE_BLOCK = 4096
+_SCALE_OPTIONS = dict(num_warps=8)
+_scale_kernel = None
+_SCALE_GRIDS = clear_on_retune({})  # (device, n) -> programs
+
+
+def _scale_grad_impl(grad: Tensor, scale: Tensor) -> None:
+    """grad *= scale (one element) in place; on the GPU a persistent grid (4 programs per SM)
+    that returns at once when scale == 1."""
+    global _scale_kernel
+    n = grad.numel()
+    if n == 0:
+        return
+    if not use_triton(grad):
+        grad.mul_(scale.reshape(()).to(grad.dtype))
+        return
+    if _scale_kernel is None:
+        from ..kernels.common import scale_kernel
+
+        _scale_kernel = Kernel(scale_kernel)
+    idx = grad.get_device()
+    programs = _SCALE_GRIDS.get((idx, n))
+    if programs is None:
+        programs = _SCALE_GRIDS[(idx, n)] = num_programs(idx, -(-n // _SCALE_BLOCK), 4)
+    ps = scale.data_ptr()
+    key = (idx, grad.dtype, scale.dtype, int_class(n)) if ps & 15 == 0 else None
+    entry = _scale_kernel.compiled.get(key) if key is not None else None
+    with device_guard(idx):
+        if entry is not None:  # direct launch, pointers as ints (launcher.Kernel)
+            _scale_kernel.run(entry, programs, current_stream(idx),
+                              (grad.data_ptr(), ps, n, _SCALE_BLOCK))
+        else:
+            _scale_kernel.launch(key, programs, current_stream(idx),
+                                 (grad, scale, n, _SCALE_BLOCK), _SCALE_OPTIONS)
+
+
+@torch.library.custom_op('mmdet_focal_triton::scale_grad_', mutates_args=('grad',))
+def scale_grad_(grad: Tensor, scale: Tensor) -> None:
+    """grad *= scale (one element), in place; costs no pass over grad when scale == 1."""
+    _scale_grad_impl(grad, scale)
+
+
+@scale_grad_.register_fake
+def _(grad, scale):
+    return None
+
+
+def stash(ctx, reduction: int, grad: Tensor | None, none_inputs: tuple, none_params: tuple,
+          eager: bool) -> None:
+    """In the forward: keep what the backward needs. Reduced losses keep the gradient buffer;
+    'none' keeps the tensors (pred, target, weight, ...) and parameters of its none_backward."""
+    ctx.reduction = reduction
+    ctx.eager = eager
+    ctx.set_materialize_grads(False)
+    if reduction == NONE:
+        ctx.save_for_backward(*none_inputs)
+        ctx.none_params = none_params
+        return
+    if eager:
+        ctx.grad = grad
+    elif grad is not None:
+        ctx.save_for_backward(grad)
+        # another tensor object on the same memory, for a second backward (retain_graph=True):
+        # the first rescales the saved buffer in place, after which unpacking it trips the
+        # version check; a separate object keeps the returned gradient's reference count at one
+        ctx.kept = grad.detach()
+    ctx.has_grad = grad is not None
+    ctx.first_scale = None
+
+
+def backward(ctx, grad_loss: Tensor | None, none_backward, none_backward_op) -> Tensor | None:
+    """d loss / d pred times `grad_loss`. `none_backward(upstream, *inputs, *params)` is the
+    loss's fused backward of 'none' (`none_backward_op` its registered op, used when not eager).
+    """
+    if grad_loss is None:
+        return None
+    if not torch.compiler.is_compiling():
+        checks.poll(grad_loss.get_device())  # the forward's input check, if it has reported
+    if ctx.reduction == NONE:
+        if ctx.eager:
+            return none_backward(grad_loss, *ctx.saved_tensors, *ctx.none_params)
+        return none_backward_op(grad_loss, *ctx.saved_tensors, *ctx.none_params)
+    if not ctx.has_grad:
+        raise RuntimeError('the fused loss ran its forward without computing its gradient (pred '
+                           'did not require grad, or grad mode was off)')
+    if ctx.first_scale is None:  # the usual case: rescale the buffer in place and hand it over
+        ctx.first_scale = grad_loss
+        if ctx.eager:
+            grad = ctx.grad
+            ctx.grad = None
+            ctx.kept = grad.detach()  # for a second backward through a retained graph
+            _scale_grad_impl(grad, grad_loss)
+            return grad
+        (grad,) = ctx.saved_tensors
+        if type(grad) is not Tensor or torch.compiler.is_compiling():
+            # traced by torch.compile / AOTAutograd: a functional multiply, which the compiler
+            # fuses (it cannot trace an in-place update of a tensor saved by the forward)
+            return (grad * grad_loss.reshape(())).to(grad.dtype)
+        torch.ops.mmdet_focal_triton.scale_grad_(grad, grad_loss)
+        return grad
+    # a second backward through the same graph (retain_graph=True): the buffer was scaled by
+    # the first upstream gradient; exact when that was 1 (or a power of two)
+    grad = ctx.kept
+    cdt = torch.promote_types(grad.dtype, torch.float32)
+    ratio = (grad_loss.to(cdt) / ctx.first_scale.to(cdt)).reshape(())
+    return (grad.to(cdt) * ratio).to(grad.dtype)

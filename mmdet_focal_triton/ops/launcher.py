@@ -1,0 +1,141 @@
+"""Launching Triton kernels for the cost of one driver call, and their per-stream workspace.
+
+Triton's JIT launch (`kernel[grid](*args)`) binds and specialises every argument, builds and
+hashes a cache key and looks the compiled kernel up on every call: 10-20 µs of host time per
+launch for the ~40 arguments of the loss kernel, more than the kernel itself on a small FPN
+level. `Kernel.launch` does that once per *specialisation key*, which the caller builds cheaply
+from what it already knows (the call's flags, C, dtypes, the alignment of the user's tensors),
+keeps the compiled kernel, and from then on hands the arguments straight to the compiled
+kernel's launcher (what Triton's JIT itself calls last).
+
+The caller guarantees that equal keys mean equal Triton specialisations: everything Triton
+specialises on (an integer's value being 1 or a multiple of 16 and its width, a pointer's
+16-byte alignment, dtypes, None) must be a function of the key; `int_class` gives an integer's
+class in one expression. (Marking row counts `do_not_specialize` instead would save those
+terms but costs the loss kernel 30 registers at C = 1203: knowing that R is a multiple of 16
+lets the compiler share row masks.) Calls for which no such key is cheap (non-contiguous
+tensors) pass `key=None` and take Triton's JIT path, which is always correct.
+
+Under the Triton interpreter (TRITON_INTERPRET=1, CPU tensors: how CI runs the kernels) every
+launch takes the JIT path.
+"""
+import contextlib
+
+import torch
+
+from .backend import INTERPRETER
+
+_KERNELS = []  # every Kernel, for clear_cache()
+_CACHES = []  # per-variant launch data of the ops, for clear_cache()
+
+
+def clear_on_retune(cache: dict) -> dict:
+    """Register a cache of launch data that a change of launch configuration invalidates."""
+    _CACHES.append(cache)
+    return cache
+
+
+def clear_cache() -> None:
+    """Forget the compiled kernels and launch data (after a change of launch configuration)."""
+    for k in _KERNELS:
+        k.compiled.clear()
+    for c in _CACHES:
+        c.clear()
+
+
+class Kernel:
+    """A `triton.jit` function with a cache of its compiled specialisations, launched directly.
+
+    `launch(key, grid, stream, args, options)`: `args` are all the kernel's parameters, in
+    order, constexprs included (their values are ignored by the direct launch: they are compiled
+    in); `options` the compile options (num_warps, maxnreg, ...); `stream` is the current
+    stream's handle (`current_stream`). The caller has made the tensors' device the current CUDA
+    device. `compiled.get(key)` tells the caller whether the direct launch will be taken; it can
+    then pass pointers as ints (`data_ptr()`), which the launcher takes as they are, instead of
+    tensors, whose pointer it asks the driver to validate one by one. (The first launch of a key
+    must get tensors: Triton reads their dtypes and alignment to compile.)"""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled = {}  # key -> (launcher, function handle, packed metadata)
+        self.direct = not INTERPRETER  # False: Triton's internals did not accept a direct launch
+        self.direct_launches = 0  # counted, so that tests can tell which path ran
+        _KERNELS.append(self)
+
+    def launch(self, key, grid: int, stream: int, args: tuple, options: dict) -> None:
+        entry = self.compiled.get(key) if key is not None else None
+        if entry is not None:
+            self.run(entry, grid, stream, args)
+            return
+        compiled = self.fn[(grid,)](*args, **options)
+        if key is not None and self.direct:
+            self._keep(key, compiled)
+
+    def run(self, entry, grid: int, stream: int, args: tuple) -> None:
+        """The direct launch of a compiled entry (from `compiled`)."""
+        run, function, metadata = entry
+        run(grid, 1, 1, stream, function, metadata, None, None, None, *args)
+        self.direct_launches += 1
+
+    def _keep(self, key, compiled) -> None:
+        try:  # the attributes Triton's JITFunction.run launches with (triton 3.x)
+            self.compiled[key] = (compiled.run, compiled.function, compiled.packed_metadata)
+        except AttributeError:  # pragma: no cover - a Triton whose internals differ: JIT only
+            self.direct = False
+
+
+class Workspace:
+    """Per (device, stream): the fp32 partial sums of a persistent grid and the int32 arrival
+    counter of the in-kernel reduction (zero between launches: the last program re-arms it).
+    Kernels on one stream run in order, so they can share it; another stream gets its own."""
+
+    __slots__ = ('partial', 'counter', 'capacity', 'partial_ptr', 'counter_ptr')
+
+    def __init__(self, capacity: int, device) -> None:
+        buf = torch.zeros(capacity + 4, dtype=torch.int32, device=device)
+        self.counter = buf[:1]
+        self.partial = buf[4:].view(torch.float32)  # 16-byte aligned
+        self.capacity = capacity
+        self.partial_ptr, self.counter_ptr = self.partial.data_ptr(), self.counter.data_ptr()
+
+
+_WORKSPACES: dict = {}
+
+
+def workspace(device_index: int, stream: int, programs: int, device) -> Workspace:
+    ws = _WORKSPACES.get((device_index, stream))
+    if ws is None or ws.capacity < programs:
+        ws = _WORKSPACES[(device_index, stream)] = Workspace(max(programs, 2048), device)
+    return ws
+
+
+def int_class(v: int) -> int:
+    """How Triton's JIT specialises an int argument: 1 (== 1: compiled in as a constant),
+    16 (a multiple of 16), 0 (neither); +64 when it needs 64 bits."""
+    return (1 if v == 1 else 16 if v % 16 == 0 else 0) + (64 if not -2 ** 31 <= v < 2 ** 31 else 0)
+
+
+_DUMMIES: dict = {}
+
+
+def dummy(device_index: int, device) -> torch.Tensor:
+    """Per device, an aligned fp32 tensor for the pointer arguments a kernel variant ignores."""
+    t = _DUMMIES.get(device_index)
+    if t is None:
+        t = _DUMMIES[device_index] = torch.zeros(4, dtype=torch.float32, device=device)
+    return t
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def device_guard(device_index: int):
+    """Make the CUDA device current for a launch: a no-op context when it already is (or for
+    CPU tensors, device -1)."""
+    if device_index < 0 or device_index == torch._C._cuda_getDevice():
+        return _NO_GUARD
+    return torch.cuda.device(device_index)
+
+
+def current_stream(device_index: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(device_index) if device_index >= 0 else 0

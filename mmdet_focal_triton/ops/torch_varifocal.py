@@ -1,0 +1,48 @@
+"""PyTorch implementation of the varifocal loss: the CPU path (and a second reference for the
+Triton kernel). The same math as `kernels/varifocal.py`, evaluated in fp32 (float64 when pred is
+float64)."""
+import torch
+from torch import Tensor
+
+from .spec import NONE, VarifocalSpec
+from .torch_quality_focal import EPS, logit_terms, modulate
+
+
+def elementwise(x: Tensor, t: Tensor, alpha: float, gamma: float, iou_weighted: bool):
+    """Elementwise (loss, d loss / dx): BCE(x, t) * t (or 1) where t > 0, and
+    alpha * BCE(x, t) * |sigmoid(x) - t| ** gamma elsewhere."""
+    bce, d, dd = logit_terms(x, t)
+    lneg, dneg = modulate(bce, d, d, dd, gamma)
+    pos = t > 0
+    fw = t if iou_weighted else torch.ones_like(t)
+    return torch.where(pos, fw * bce, alpha * lneg), torch.where(pos, fw * d, alpha * dneg)
+
+
+def forward(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Tensor | None,
+            upstream: Tensor | None, alpha: float, gamma: float, scale: float,
+            spec: VarifocalSpec, out_dtype: torch.dtype,
+            loss_shape: tuple) -> tuple[Tensor | None, Tensor | None]:
+    """(loss, grad) for (R, C)-shaped pred2 (target, weight, upstream of the same shape; weight
+    may be a broadcast view), as the Triton launcher computes them."""
+    cdt = torch.float64 if pred2.dtype == torch.float64 else torch.float32
+    loss, dx = elementwise(pred2.to(cdt), target.to(cdt), alpha, gamma, spec.iou_weighted)
+    if spec.weighted:
+        w = weight.to(cdt)
+        loss = loss * w
+        dx = dx * w
+    if upstream is not None:  # backward of 'none'
+        return None, (dx * scale * upstream.to(cdt)).to(pred2.dtype)
+    if spec.reduction == NONE:
+        out = (loss * scale).reshape(loss_shape).to(out_dtype)
+    else:
+        total = loss.sum() * scale
+        if avg_factor is not None:
+            total = total / (avg_factor.to(total.dtype) + EPS)
+        out = total.reshape(loss_shape).to(out_dtype)
+    grad = None
+    if spec.write_grad:
+        g = dx * scale
+        if avg_factor is not None:
+            g = g / (avg_factor.to(g.dtype).reshape(()) + EPS)
+        grad = g.to(pred2.dtype)
+    return out, grad
