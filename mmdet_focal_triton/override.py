@@ -1,4 +1,7 @@
-"""Importing this module makes ``type='FocalLoss'`` build ``TritonFocalLoss`` (opt-in).
+"""Importing this module makes mmdet's focal family build ours (opt-in): ``type='FocalLoss'``
+builds ``TritonFocalLoss``, ``'QualityFocalLoss'`` ``TritonQualityFocalLoss`` and
+``'VarifocalLoss'`` ``TritonVarifocalLoss``, also where a module builds the loss from its own
+defaults (DDQ's auxiliary loss).
 
 Use from a config you can add one line to but not otherwise edit::
 

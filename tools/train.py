@@ -1,7 +1,8 @@
 # Copyright (c) OpenMMLab. All rights reserved.
 # Adapted from mmdetection 3.3.0 tools/train.py (Apache-2.0): the same command line and the same
 # Runner set-up, plus `--triton-focal`, which swaps every FocalLoss of the loaded config for
-# TritonFocalLoss (mmdet_focal_triton.swap_focal_loss), so any mmdet config trains with it;
+# TritonFocalLoss (and QualityFocalLoss / VarifocalLoss for ours:
+# mmdet_focal_triton.swap_focal_loss), so any mmdet config trains with them;
 # distributed runs also work on CPU (gloo) and end with a clean process-group shutdown.
 """Train a detector with mmengine's Runner, as mmdet's tools/train.py does.
 
@@ -28,9 +29,12 @@ except ImportError:  # running from a source checkout that is not installed
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 
-# `import mmdet_focal_triton` registers TritonFocalLoss in mmdet's MODELS registry (and applies
-# the package's compatibility fixes); the swap helper is exported next to it.
+# `import mmdet_focal_triton` registers TritonFocalLoss, TritonQualityFocalLoss and
+# TritonVarifocalLoss in mmdet's MODELS registry (and applies the package's compatibility
+# fixes); the swap helpers are exported next to them.
 swap_focal_loss = mmdet_focal_triton.swap_focal_loss
+swap_focal_family = mmdet_focal_triton.swap_focal_family
+FOCAL_FAMILY = mmdet_focal_triton.config_utils.FOCAL_FAMILY
 
 
 def parse_args(argv=None):
@@ -58,9 +62,10 @@ def parse_args(argv=None):
         '--triton-focal',
         action='store_true',
         default=False,
-        help='replace every FocalLoss in the model config with TritonFocalLoss '
-        '(same arguments, same results, fused Triton kernel); applied after '
-        '--cfg-options')
+        help='replace every FocalLoss, QualityFocalLoss and VarifocalLoss in the '
+        'model config with TritonFocalLoss, TritonQualityFocalLoss and '
+        'TritonVarifocalLoss (same arguments, same results, fused Triton '
+        'kernels); applied after --cfg-options')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -105,15 +110,17 @@ def build_cfg(args):
         cfg.merge_from_dict(args.cfg_options)
 
     if args.triton_focal:
-        n = swap_focal_loss(cfg)
-        if n:
+        counts = swap_focal_family(cfg)
+        for name, n in counts.items():
+            if n:
+                print_log(
+                    f'--triton-focal: {n} {name} replaced by {FOCAL_FAMILY[name]}',
+                    logger='current')
+        if not any(counts.values()):
             print_log(
-                f'--triton-focal: {n} FocalLoss replaced by TritonFocalLoss',
-                logger='current')
-        else:
-            print_log(
-                '--triton-focal: this config has no FocalLoss; nothing '
-                'replaced', logger='current', level=logging.WARNING)
+                '--triton-focal: this config has no FocalLoss, QualityFocalLoss '
+                'or VarifocalLoss; nothing replaced', logger='current',
+                level=logging.WARNING)
 
     # work_dir is determined in this priority: CLI > segment in file > filename
     if args.work_dir is not None:
