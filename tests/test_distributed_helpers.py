@@ -1,11 +1,10 @@
 """mmdet_focal_triton.distributed: AverageLogVarsHook (order among mmengine's hooks, no-op without
 a process group, mean over 2 gloo ranks) and CPUSyncBN (2 gloo ranks x batch 2 == BatchNorm2d on
-batch 4, forward, backward and running statistics); and tools/ddp_parity.py's derived configs."""
-import importlib.util
+batch 4, forward, backward and running statistics). The derived configs of the DDP parity run:
+tests/parity/test_ddp.py."""
 import os
 import socket
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,6 @@ import torch
 pytest.importorskip('mmengine')
 
 from mmdet_focal_triton.distributed import AverageLogVarsHook, CPUSyncBatchNorm  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_registered_and_runs_before_runtime_info_hook():
@@ -144,60 +141,3 @@ def test_sync_bn_is_batch_norm_in_one_process():
     a.eval()
     b.eval()
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# tools/ddp_parity.py: the derived configs (no training)
-# ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def ddp_tool():
-    pytest.importorskip('mmdet')
-    spec = importlib.util.spec_from_file_location('ddp_parity_tool',
-                                                  REPO / 'tools' / 'ddp_parity.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-# (ids not 'cuda': tests/conftest.py skips items with a 'cuda' keyword on CPU; none is needed)
-@pytest.mark.parametrize('device', ['cpu', 'cuda'], ids=['cpu_config', 'gpu_config'])
-def test_derived_configs(ddp_tool, device, tmp_path):
-    args = ddp_tool.parse_args(['--device', device, '--iters', '5'])
-    args.config = str(ddp_tool.GPU_CONFIG if device == 'cuda' else ddp_tool.CPU_CONFIG)
-    for world, batch in ((1, 2), (2, 1)):
-        cfg, changes = ddp_tool.build_config(args, device, tmp_path, world)
-        dl = cfg.train_dataloader
-        assert dl.batch_size == batch and dl.num_workers == 0
-        assert dl.sampler == dict(type='DefaultSampler', shuffle=False)
-        assert dl.dataset.data_root == str(tmp_path) + '/'
-        types_ = [t['type'] for t in dl.dataset.pipeline]
-        assert not any('Flip' in t for t in types_) and 'Resize' in types_
-        resize = next(t for t in dl.dataset.pipeline if t['type'] == 'Resize')
-        assert tuple(resize['scale']) == ((1333, 800) if device == 'cuda' else (256, 256))
-        assert cfg.custom_hooks[-1] == dict(type='AverageLogVarsHook')
-        assert 'mmdet_focal_triton' in cfg.custom_imports['imports']
-        assert cfg.model.backbone.norm_cfg['type'] == ('SyncBN' if device == 'cuda'
-                                                       else 'CPUSyncBN')
-        assert cfg.default_hooks['logger']['interval'] == 1
-        assert cfg.log_processor['window_size'] == 1
-        assert cfg.train_cfg['max_iters'] == 5 and cfg.val_dataloader is None
-        assert cfg.randomness['diff_rank_seed'] is False
-        assert cfg.optim_wrapper.clip_grad  # grad_norm is logged
-        assert any('flip' in c for c in changes)
-    # --norm local keeps BN, --img-size sets the Resize scale
-    args = ddp_tool.parse_args(['--device', device, '--norm', 'local', '--img-size', '96'])
-    args.config = str(ddp_tool.CPU_CONFIG)
-    cfg, _ = ddp_tool.build_config(args, device, tmp_path, 2)
-    assert cfg.model.backbone.norm_cfg['type'] == 'BN'
-    resize = next(t for t in cfg.train_dataloader.dataset.pipeline if t['type'] == 'Resize')
-    assert tuple(resize['scale']) == (96, 96)
-
-
-def test_cli_help_and_bad_arguments(ddp_tool):
-    with pytest.raises(SystemExit) as e:
-        ddp_tool.parse_args(['--runs', 'ours:3'])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit):
-        ddp_tool.parse_args(['--num-train', '7'])
-    assert ddp_tool.parse_args(['--losses', 'ours']).runs == ['ours:1', 'ours:2']
-    assert ddp_tool.parse_args([]).runs == list(ddp_tool.ALL_RUNS)

@@ -347,8 +347,12 @@ def test_bad_reduction_override_raises_like_mmdet(bad):
     pred, target = torch.randn(4, 3), torch.tensor([0, 1, 3, 2])
     with pytest.raises(AssertionError):
         MMDetFocalLoss()(pred, target, reduction_override=bad)
-    with pytest.raises(AssertionError):
+    # same exception type as mmdet (callers may catch it), but a message that names the
+    # argument, the allowed values and what was passed
+    with pytest.raises(AssertionError) as e:
         TritonFocalLoss()(pred, target, reduction_override=bad)
+    assert str(e.value) == ("reduction_override must be None, 'none', 'mean' or 'sum', got "
+                            f'{bad!r}')
 
 
 def test_sum_with_avg_factor_raises_like_mmdet():

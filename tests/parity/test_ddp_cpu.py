@@ -1,5 +1,6 @@
 """Distributed training through `tools/dist_train.sh` (torchrun -> tools/train.py -> mmengine's
-MMDistributedDataParallel), on CPU over gloo, driven by `tools/ddp_parity.py` at CI size (R18
+MMDistributedDataParallel), on CPU over gloo, driven by `tools/ddp_parity.py` (the command line
+of mmdet_focal_triton.parity.run_ddp_parity) at CI size (R18
 config, 128-px images, 4 iterations): RetinaNet with TritonFocalLoss on 1 process x batch 2 and
 on 2 processes x batch 1, and with mmdet's FocalLoss on 2 processes x batch 1, from the same seed
 and the same paired synthetic data (images 2k and 2k+1 have the same boxes, so each rank has the
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ITERS = 4
 RUNS = ('ours:1', 'ours:2', 'mmdet:2')
-FIRST_RTOL, RTOL = 1e-5, 1e-3  # tools/parity.py's fp32 tolerances
+FIRST_RTOL, RTOL = 1e-5, 1e-3  # SPEC's fp32 bound; parity.ddp.RTOL
 KEYS = ('loss_cls', 'loss_bbox', 'loss', 'grad_norm')
 
 pytest.importorskip('mmdet.models')
@@ -38,7 +39,7 @@ def ddp_parity(tmp_path_factory):
     env = dict(os.environ, MMDET_FOCAL_TRITON_CACHE=str(tmp / 'cache'))
     cmd = [sys.executable, str(REPO / 'tools' / 'ddp_parity.py'), '--device', 'cpu',
            '--iters', str(ITERS), '--img-size', '128', '--runs', *RUNS, '--work-dir',
-           str(work), '--no-progress']
+           str(work)]
     proc = subprocess.run(cmd, cwd=str(tmp), env=env, capture_output=True, text=True,
                           timeout=900)
     report_path = work / 'report.json'
@@ -109,3 +110,8 @@ def test_tool_verdict_and_outputs(ddp_parity):
         assert [t['type'] for t in dl.dataset.pipeline] == [
             'LoadImageFromFile', 'LoadAnnotations', 'Resize', 'PackDetInputs']
     assert (work / 'summary.md').exists() and 'ours: 1 vs 2 processes' in proc.stdout
+    # a quiet run: what runs, a bar per training, the table; mmengine's output in the logs
+    assert len((proc.stdout + proc.stderr).splitlines()) <= 25, proc.stdout + proc.stderr
+    assert 'ours_w2' in proc.stdout and f'{ITERS}/{ITERS}' in proc.stdout
+    assert 'Distributed training' not in proc.stdout
+    assert 'run 3/3: mmdet:2' in (work / 'ddp_parity.log').read_text()

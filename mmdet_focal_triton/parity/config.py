@@ -1,0 +1,148 @@
+"""The configs and tolerances of a parity run.
+
+Default tolerances, keyed by (device type, precision); each can be overridden by the caller, and
+a config may loosen (never tighten) them with ``parity.tolerances``:
+
+- ``check_rtol``: every call of our loss against the float64 evaluation of mmdet's formula on
+  the same inputs, loss and gradient (``FocalLossCheckHook``): SPEC §3, 1e-5 in fp32, 1e-2 for
+  fp16 / bf16 inputs. Deterministic: the same inputs give the same verdict on any machine.
+- ``first_rtol``: iteration 1 of the two trainings (same weights, same batch, so only the loss
+  differs): |a-b| / max(|a|,|b|) of loss_cls and loss_bbox; measured 0-1.1e-7 (CPU), 1e-7 (CUDA).
+- ``update_rtol``: the first weight update, i.e. the gradient of the whole network through the
+  loss: ||dW_b - dW_a|| / ||dW_a||; measured 5e-8 (CPU), 1e-9 (CUDA).
+- ``trend_rtol`` and ``map_atol``: floors of the statistical checks of the two trainings (the
+  means of the last 25 % of the iterations, the mAPs). Training is chaotic: two runs that differ
+  by fp32 rounding become different, equally good trajectories within tens of iterations, so
+  these can only be compared statistically: a difference passes when it is within its floor, or
+  within ``NOISE_FACTOR`` times what a control run (mmdet's own loss with loss_weight
+  x (1 + 2^-20)) shows as noise (parity.run: the control runs when a floor is exceeded).
+  Measured on the CPU config: trends 3e-3-8.7e-3, mAP differences <= 0.011.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO / 'configs' / 'parity'
+DEFAULT_CONFIGS = {'cpu': CONFIG_DIR / 'retinanet_r18_fpn_synthetic_cpu.py',
+                   'cuda': CONFIG_DIR / 'retinanet_r50_fpn_synthetic_gpu.py'}
+
+_FP32 = dict(check_rtol=1e-5, first_rtol=1e-5, update_rtol=1e-4, trend_rtol=5e-2, map_atol=5e-2)
+_AMP = dict(check_rtol=1e-2, first_rtol=1e-2, update_rtol=5e-2, trend_rtol=1e-1, map_atol=5e-2)
+TOLERANCES = {('cpu', 'none'): _FP32, ('cuda', 'none'): _FP32,
+              ('cuda', 'fp16'): _AMP, ('cuda', 'bf16'): _AMP}
+TOL_KEYS = tuple(_FP32)
+NOISE_FACTOR = 3.0  # a statistical difference passes within 3 x the control's
+TREND_FRACTION = 0.25  # the trend: the mean of the last quarter of the iterations
+REPORT_HORIZON = 20  # per-iteration differences are reported (not checked) over this many
+PERTURBATION = 2.0 ** -20  # the control: mmdet's loss_weight x (1 + this)
+
+
+def default_config(device: str) -> Path:
+    """The parity config of a source checkout for ``device`` ('cpu' or 'cuda')."""
+    path = DEFAULT_CONFIGS[device]
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} not found: the parity configs live in configs/parity/ '
+                                'of a source checkout; pass config= explicitly')
+    return path
+
+
+def tolerances(device: str, amp: str, config_defaults: dict | None = None,
+               given: dict | None = None) -> dict:
+    """The tolerances in force, with ``source``: the defaults, loosened by the config's
+    ``parity.tolerances``, overridden by ``given`` (non-None values)."""
+    tol = dict(TOLERANCES[(device, amp)])
+    from_cfg = {k: float(v) for k, v in (config_defaults or {}).items()
+                if k in TOL_KEYS and float(v) > tol[k]}
+    tol.update(from_cfg)
+    given = {k: float(v) for k, v in (given or {}).items() if v is not None}
+    tol.update(given)
+    src = (['config: ' + ', '.join(from_cfg)] if from_cfg else []) + \
+        (['given: ' + ', '.join(given)] if given else [])
+    tol['source'] = '; '.join(src) if src else 'defaults'
+    return tol
+
+
+def set_resize(pipeline, size: int) -> int:
+    """Set every Resize of ``pipeline`` to scale (size, size); returns how many."""
+    n = 0
+    for t in pipeline or []:
+        if isinstance(t, dict) and t.get('type') in ('Resize', 'mmdet.Resize'):
+            t['scale'] = (size, size)
+            t.pop('scale_factor', None)
+            n += 1
+    return n
+
+
+def build_base_cfg(config, *, data_root: Path, iters: int, seed: int = 0, amp: str = 'none',
+                   batch_size: int | None = None, img_size: int | None = None):
+    """The config both trainings start from: ``config`` pointed at ``data_root``, an
+    iteration-based schedule of ``iters`` with the warm-up kept inside it, a seeded sampler, no
+    checkpoints, optionally AMP."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config))
+    root = str(data_root).rstrip('/') + '/'
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dl = cfg.get(key)
+        if dl is None:
+            continue
+        dl.dataset.data_root = root
+        if key == 'train_dataloader':
+            dl.sampler.seed = seed  # DefaultSampler: the same shuffled order on both sides
+            if batch_size:
+                dl.batch_size = batch_size
+        if img_size:
+            set_resize(dl.dataset.get('pipeline'), img_size)
+    for key in ('val_evaluator', 'test_evaluator'):
+        ev = cfg.get(key)
+        if isinstance(ev, dict) and 'ann_file' in ev:
+            ev.ann_file = str(Path(root) / cfg.val_dataloader.dataset.ann_file)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters)
+    for s in cfg.get('param_scheduler') or []:  # keep the warm-up inside short runs
+        if s.get('type') == 'LinearLR' and s.get('end', 0) > iters:
+            s['end'] = max(2, iters // 4)
+    cfg.randomness = dict(seed=seed, deterministic=False, diff_rank_seed=False)
+    cfg.env_cfg = cfg.get('env_cfg', {})
+    cfg.env_cfg['cudnn_benchmark'] = False
+    cfg.default_hooks = cfg.get('default_hooks', {})
+    cfg.default_hooks['checkpoint'] = None  # no checkpoints: the final weights stay in memory
+    cfg.launcher = 'none'
+    cfg.load_from = None
+    cfg.resume = False
+    if amp != 'none':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.dtype = {'fp16': 'float16', 'bf16': 'bfloat16'}[amp]
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    return cfg
+
+
+def focal_loss_configs(node, path: str = '') -> dict:
+    """``{dotted path: config}`` of every ``FocalLoss`` under ``node`` (e.g. ``cfg.model``):
+    the paths are the module names the built model gives them (``'bbox_head.loss_cls'``)."""
+    found = {}
+    if isinstance(node, dict):
+        if node.get('type') in ('FocalLoss', 'mmdet.FocalLoss'):
+            found[path] = {k: copy.deepcopy(v) for k, v in node.items() if k != 'type'}
+        for k, v in node.items():
+            found.update(focal_loss_configs(v, f'{path}.{k}' if path else str(k)))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            found.update(focal_loss_configs(v, f'{path}.{i}'))
+    return found
+
+
+def scale_focal_loss_weight(node, factor: float) -> int:
+    """Multiply the loss_weight of every FocalLoss under ``node`` by ``factor``."""
+    n = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'FocalLoss':
+            node['loss_weight'] = node.get('loss_weight', 1.0) * factor
+            n += 1
+        for v in node.values():
+            n += scale_focal_loss_weight(v, factor)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            n += scale_focal_loss_weight(v, factor)
+    return n

@@ -1,0 +1,140 @@
+"""run_parity / tools/parity.py both ways: the correct loss passes a short CPU run (through the
+command line, quietly), and each slightly wrong loss of parity.faults fails it at once."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / 'tools' / 'parity.py'
+CPU_CONFIG = REPO / 'configs' / 'parity' / 'retinanet_r18_fpn_synthetic_cpu.py'
+ITERS = 4
+
+pytest.importorskip('mmdet.models')
+pytest.importorskip('matplotlib')
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    """The synthetic dataset in a cache of the test's own (the user's stays clean)."""
+    path = tmp_path_factory.mktemp('cache')
+    old = os.environ.get('MMDET_FOCAL_TRITON_CACHE')
+    os.environ['MMDET_FOCAL_TRITON_CACHE'] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop('MMDET_FOCAL_TRITON_CACHE')
+    else:
+        os.environ['MMDET_FOCAL_TRITON_CACHE'] = old
+
+
+@pytest.fixture(scope='module')
+def cli_run(cache, tmp_path_factory):
+    work = tmp_path_factory.mktemp('parity') / 'work'
+    cmd = [sys.executable, str(TOOL), '--device', 'cpu', '--iters', str(ITERS),
+           '--img-size', '128', '--num-train', '6', '--num-val', '3', '--batch-size', '2',
+           '--work-dir', str(work)]
+    proc = subprocess.run(cmd, cwd=str(work.parent), capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, COLUMNS='120'))
+    return proc, work
+
+
+def test_correct_loss_passes_quietly(cli_run):
+    proc, work = cli_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    lines = out.splitlines()
+    # what runs, a bar per training and evaluation, the evaluations, a table: nothing else
+    assert len(lines) <= 40, out
+    assert 'PASS' in out and 'mmdet    train' in out and 'ours     train' in out
+    assert f'{ITERS}/{ITERS}' in out and 'loss_cls' in out and 'ETA' in out
+    for noise in ('System environment', 'Config:', 'loading annotations', 'Warning',
+                  'Average Precision'):
+        assert noise not in out, noise
+    log = (work / 'parity.log').read_text()
+    for line in ('System environment', 'Config:', 'Average Precision'):
+        assert line in log, line
+    for f in ('report.json', 'summary.md', 'loss_curves.png'):
+        assert str(work / f) in out
+
+
+def test_correct_loss_report(cli_run):
+    _, work = cli_run
+    report = json.loads((work / 'report.json').read_text())
+    assert report['status'] == 'pass' and report['exit_code'] == 0 and not report['reasons']
+    for lib in ('torch', 'triton', 'mmcv', 'mmdet', 'mmengine'):
+        assert report['versions'][lib]
+    cc = report['call_check']
+    assert cc['passed'] and cc['calls'] == 5 * ITERS and cc['gradients_checked'] == 5 * ITERS
+    assert cc['max']['loss_rel_err'] <= 1e-6 and cc['max']['grad_rel_err'] <= 1e-6
+    assert cc['coverage']['modules'] == ['bbox_head.loss_cls']
+    assert cc['per_iteration']['iteration'] == list(range(1, ITERS + 1))
+    runs = report['runs']
+    assert runs['ours']['loss_type'] == 'TritonFocalLoss' and runs['ours']['swapped'] >= 1
+    for side in ('mmdet', 'ours'):
+        rec = runs[side]
+        assert rec['status'] == 'ok', rec.get('error')
+        for k in ('loss', 'loss_cls', 'loss_bbox'):
+            assert len(rec['losses'][k]) == ITERS
+            assert all(math.isfinite(v) and v > 0 for v in rec['losses'][k])
+        assert 0.0 <= rec['metrics']['bbox_mAP'] <= 1.0
+    cmp_ = report['comparison']
+    assert cmp_['init_identical'] and cmp_['checks'] and all(cmp_['checks'].values())
+    for k in ('loss_cls', 'loss_bbox'):
+        assert cmp_['first_iter_rel_diff'][k] <= 1e-5
+    assert cmp_['first_update_rel_diff'] <= 1e-4
+    assert report['statistics'] and all(j['passed'] for j in report['statistics'].values())
+    assert 'control' not in runs and 'not trained' in report['control_note']
+    png = (work / 'loss_curves.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10_000
+    summary = (work / 'summary.md').read_text()
+    assert '**PASS**' in summary and 'per-call check' in summary and 'bbox_mAP' in summary
+
+
+def _short(tmp_path, **kw):
+    from mmdet_focal_triton.parity import run_parity
+
+    opts = dict(config=str(CPU_CONFIG), iters=2, losses='ours', img_size=96, num_train=4,
+                num_val=2, work_dir=str(tmp_path / 'work'))
+    opts.update(kw)
+    return run_parity(**opts)
+
+
+@pytest.mark.parametrize('fault', ['alpha', 'gamma', 'loss_weight', 'background'])
+def test_each_slightly_wrong_loss_fails(fault, cache, tmp_path, one_torch_thread):
+    report = _short(tmp_path, fault=fault)
+    assert report['status'] == 'fail' and report['exit_code'] == 1, report['reasons']
+    cc = report['call_check']
+    assert not cc['passed'] and cc['first_failure']['iteration'] == 1
+    assert report['reasons'][0].startswith('per-call check')
+    # the same run without the fault passes: the check is not trigger-happy
+    if fault == 'background':
+        assert cc['failed_calls'] == 2  # one level, two iterations
+        ok = _short(tmp_path)
+        assert ok['status'] == 'pass' and ok['call_check']['calls'] == cc['calls']
+
+
+def test_wrong_loss_also_fails_the_training_comparison(cache, tmp_path, one_torch_thread):
+    """loss_weight x 1.001 with both trainings: iteration 1 differs by 1e-3, 100x first_rtol."""
+    report = _short(tmp_path, fault='loss_weight', losses='both')
+    assert report['status'] == 'fail'
+    assert report['comparison']['first_iter_rel_diff']['loss_cls'] == pytest.approx(1e-3,
+                                                                                   rel=1e-2)
+    assert any('loss_cls: iteration 1' in r for r in report['reasons'])
+    assert 'call_check' not in report['runs']['mmdet']  # the per-call check is ours only
+
+
+def test_control_is_trained_when_a_floor_is_exceeded(cache, tmp_path, one_torch_thread):
+    """control='auto' with a floor no training meets: the control run measures the noise and
+    the statistical checks are judged against 3x it."""
+    report = _short(tmp_path, losses='both', trend_rtol=-1.0, map_atol=-1.0)
+    assert 'control' in report['runs'] and report['runs']['control']['status'] == 'ok'
+    assert 'trained because a floor was exceeded' in report['control_note']
+    assert report['control_comparison'] is not None
+    for j in report['statistics'].values():
+        assert j['noise'] is not None and j['band'] == max(j['floor'], 3 * j['noise'])
