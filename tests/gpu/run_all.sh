@@ -3,10 +3,20 @@
 # (10 minutes), writing logs and results under OUT (default ./gpu_out):
 #   bash tests/gpu/run_all.sh tests      # CUDA test grid + tests/test_gpu_scale.py (~3 min)
 #   bash tests/gpu/run_all.sh kernels    # per-kernel times by check mode, launch-config sweep (~2 min)
-#   bash tests/gpu/run_all.sh bench      # tools/benchmark.py, every shape/dtype/peer (~5 min)
+#   bash tests/gpu/run_all.sh bench      # tools/benchmark.py: wall/memory, every shape/dtype/peer (~5 min)
+#   bash tests/gpu/run_all.sh host       # tools/benchmark.py --mode host: host/wall/GPU us per call,
+#                                        # every peer + floor patterns, fp32/bf16 (~5 min)
 #   bash tests/gpu/run_all.sh e2e        # tools/benchmark_e2e.py, batch 2/8, fp32/fp16/bf16 (~5 min)
 #   bash tests/gpu/run_all.sh parity     # tools/parity.py fp32 (+control), fp16, bf16 (~6 min)
+#   bash tests/gpu/run_all.sh parity_faults  # slightly wrong losses must fail; tests/parity (~4 min)
+#   bash tests/gpu/run_all.sh accuracy   # ours / mmdet / mmcv vs float64, 300 cases; tests (~3 min)
 #   bash tests/gpu/run_all.sh ddp        # 2 GPUs: tools/ddp_parity.py + the cuda:1 test (~4 min)
+#   bash tests/gpu/run_all.sh family     # QualityFocalLoss / VarifocalLoss: CUDA grid, heads,
+#                                        # > 2**31 elements, AMP, determinism (< 8 min)
+#   bash tests/gpu/run_all.sh family-bench  # QFL / VFL: host mode at every level, wall mode at
+#                                        # the largest, fp32/bf16; RTMDet-tiny e2e b32 (< 5 min)
+#   bash tests/gpu/run_all.sh quick      # one call validating a change of the ops: newest focal
+#                                        # tests, family grid, parity fp32, accuracy, key benches
 # The offline machine needs the carried wheels: source tests/gpu/setup_env.sh (done here).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,29 +34,60 @@ case "$stage" in
         | tee "$OUT/cuda_grid.log" | grep -E 'passed|failed|FAILED'
     ;;
   kernels)
-    timeout 60 python3 tools/perf_probe.py --check-cost 2>&1 | grep -v -i warn \
+    timeout 60 python3 tools/dev/perf_probe.py --check-cost 2>&1 | grep -v -i warn \
         | tee "$OUT/check_cost.log"
-    timeout 200 python3 tools/sweep_tuning.py --shapes 2.4Mx80 300kx1203 --dtypes fp32 bf16 \
+    timeout 200 python3 tools/dev/sweep_tuning.py --shapes 2.4Mx80 300kx1203 --dtypes fp32 bf16 \
         --block-c 0 16 32 128 --tile 0 2048 4096 --csv "$OUT/sweep.csv" 2>&1 \
         | grep -v -i warn | tee "$OUT/sweep.log"
     ;;
   bench)
-    timeout 560 python3 tools/benchmark.py --out-dir "$OUT" 2>&1 | grep -v '━' \
-        | tee "$OUT/benchmark.log" | tail -40
+    # on timeout (SIGTERM) the tools still print the table of what they measured
+    timeout 560 python3 tools/benchmark.py --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/benchmark.log" | tail -55
+    ;;
+  host)
+    timeout 560 python3 tools/benchmark.py --mode host --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/benchmark_host.log" | tail -45
     ;;
   e2e)
     timeout 560 python3 tools/benchmark_e2e.py --batch 2 8 --precision fp32 fp16 bf16 \
-        --out-dir "$OUT" 2>&1 | tee "$OUT/e2e.log" | grep -v -i warn | tail -30
+        --out-dir "$OUT" 2>&1 | tee "$OUT/e2e.log" | tail -25
     ;;
   parity)
+    # every call of ours is checked against float64 of mmdet's formula (1e-5 fp32, 1e-2 AMP);
+    # success: "parity none: exit 0", "parity fp16: exit 2" (mmdet's fp16 run turns NaN; ours
+    # passes its checks) or 0, "parity bf16: exit 0"; the tables follow each line
     for amp in none fp16 bf16; do
       extra=""
       [ "$amp" = none ] && extra="--control perturbed"
       [ "$amp" = bf16 ] && extra="--losses ours"
       timeout 200 python3 tools/parity.py --device cuda --amp "$amp" $extra \
-          --work-dir "$OUT/parity_$amp" > "$OUT/parity_$amp.log" 2>&1
-      echo "parity $amp: exit $?"; grep -E '^\[parity\] (PASS|FAIL|run)' "$OUT/parity_$amp.log"
+          --work-dir "$OUT/parity_$amp" > "$OUT/parity_$amp.out" 2>&1
+      echo "parity $amp: exit $?"; tail -n 28 "$OUT/parity_$amp.out"
     done
+    ;;
+  parity_faults)
+    # success: each "fault X: exit 1" with its "failed: per-call check ..." line, then pytest
+    # "passed" with no failure (the short runs of tests/parity/test_run.py train on the GPU)
+    for fault in alpha gamma loss_weight background; do
+      timeout 100 python3 tools/parity.py --device cuda --iters 3 --losses ours \
+          --inject-fault "$fault" --num-train 8 --num-val 4 \
+          --work-dir "$OUT/parity_fault_$fault" > "$OUT/parity_fault_$fault.out" 2>&1
+      echo "fault $fault: exit $? (expected 1)"; grep -m1 'failed:' "$OUT/parity_fault_$fault.out"
+    done
+    timeout 240 python3 -m pytest tests/parity/test_run.py tests/parity/test_check.py \
+        tests/parity/test_compare.py -q -p no:cacheprovider -rs 2>&1 \
+        | tee "$OUT/parity_tests.log" | tail -n 8
+    ;;
+  accuracy)
+    # success: "ours | 300/300" on cuda and cpu; mmdet's misses on cuda include "mmcv's
+    # log(max(1 - p, FLT_MIN)) cap"; pytest "passed" with no failure and no cuda test skipped
+    timeout 240 python3 -m mmdet_focal_triton.parity.accuracy --device cuda --cases 300 \
+        --out "$OUT/accuracy_cuda" 2>&1 | grep -v -i warn
+    timeout 120 python3 -m mmdet_focal_triton.parity.accuracy --device cpu --cases 300 \
+        --out "$OUT/accuracy_cpu" 2>&1 | grep -v -i warn
+    timeout 120 python3 -m pytest tests/parity/test_accuracy.py tests/parity/test_reference.py \
+        -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/accuracy_tests.log" | tail -n 6
     ;;
   ddp)
     # needs 2 GPUs (nvidia-h200-x2). tools/ddp_parity.py: R50-FPN at (1333, 800), 30 iterations,
@@ -54,13 +95,78 @@ case "$stage" in
     # and 2 GPUs x batch 1, paired synthetic data, SyncBN, TF32 off; plus the control: ours on
     # 1 GPU with each pair's images swapped); exit 0 = every checked comparison passed
     timeout 420 python3 tools/ddp_parity.py --device cuda --iters 30 --control --timeout 150 \
-        --no-progress --work-dir "$OUT/ddp_parity" > "$OUT/ddp_parity.log" 2>&1
+        --work-dir "$OUT/ddp_parity" > "$OUT/ddp_parity.out" 2>&1
     echo "ddp_parity: exit $?"
-    grep -E 'ddp-parity - INFO - (run|PASS|FAIL)' "$OUT/ddp_parity.log"
+    cat "$OUT/ddp_parity.out"
     [ -f "$OUT/ddp_parity/summary.md" ] && cat "$OUT/ddp_parity/summary.md"
     GPU_VALIDATION_REPORT=$OUT/gpu_validation_ddp.jsonl timeout 90 python3 -m pytest \
         tests/test_gpu_scale.py -k cuda1 -q -s -p no:cacheprovider 2>&1 \
         | tee "$OUT/gpu_scale_cuda1.log" | grep -E '^\{|passed|failed|FAILED|skipped'
+    ;;
+  family)
+    # the family's CUDA tests (the whole float64 grid of tests/test_quality_focal.py and
+    # tests/test_varifocal.py, bad inputs, mmdet's heads), then the at-scale tests
+    timeout 300 python3 -m pytest tests/test_quality_focal.py tests/test_varifocal.py \
+        tests/test_family_bad_inputs.py tests/test_family_heads.py -m cuda -q -n 12 \
+        -p no:cacheprovider 2>&1 | tee "$OUT/family_grid.log" | grep -E 'passed|failed|FAILED'
+    GPU_VALIDATION_REPORT=$OUT/gpu_validation_family.jsonl timeout 150 python3 -m pytest \
+        tests/test_family_gpu.py -q -s -p no:cacheprovider 2>&1 | tee "$OUT/family_gpu.log" \
+        | grep -E '^\{|passed|failed|FAILED|skipped'
+    ;;
+  family-bench)
+    # QFL at RTMDet-s's levels of batch 32 and GFL's of batch 2, VFL at VFNet's batch 2 and 16:
+    # host mode at every level (ours, mmdet's module, torch.compile of mmdet's function, the
+    # floor pattern), wall mode at each family's largest level; then RTMDet-tiny's training
+    # step (640x640, batch 32). Each command's timeout keeps the stage under 5 minutes; a
+    # timed-out tool still prints the table of what it measured.
+    timeout 95 python3 tools/benchmark.py --loss qfl --mode host --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_qfl_host.log" | tail -22
+    timeout 45 python3 tools/benchmark.py --loss vfl --mode host --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_vfl_host.log" | tail -10
+    timeout 35 python3 tools/benchmark.py --loss qfl --shapes 204800x80 --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_qfl_wall.log" | tail -8
+    timeout 35 python3 tools/benchmark.py --loss vfl --shapes 358400x80 --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_vfl_wall.log" | tail -8
+    timeout 85 python3 tools/benchmark_e2e.py --model rtmdet-tiny --batch 32 \
+        --precision fp32 bf16 --variants mmdet ours zero --warmup 3 --steps 12 --rounds 3 \
+        --profile-steps 3 --out-dir "$OUT" 2>&1 | tee "$OUT/family_e2e.log" | tail -12
+    ;;
+  quick)
+    # one device call (< 10 min) validating a change of the ops: the newest focal tests, the
+    # family's CUDA grid and at-scale tests, parity fp32, the mmcv accuracy finding, and the key
+    # benchmarks (focal wall at 2.4Mx80 / 300kx1203, host at 300kx1203, QFL / VFL host mode)
+    timeout 45 python3 -m pytest tests/test_op_registration.py tests/test_functional.py \
+        -k "op_registration or label_dtypes" -m cuda -q -n 8 -p no:cacheprovider \
+        > "$OUT/focal_new.log" 2>&1; grep -E 'passed|failed|FAILED' "$OUT/focal_new.log" | tail -5
+    timeout 100 python3 -m pytest tests/test_quality_focal.py tests/test_varifocal.py \
+        tests/test_family_bad_inputs.py tests/test_family_heads.py -m cuda -q -n 14 \
+        -p no:cacheprovider > "$OUT/family_grid.log" 2>&1
+    grep -E 'passed|failed|FAILED' "$OUT/family_grid.log" | tail -8
+    GPU_VALIDATION_REPORT=$OUT/gpu_validation_family.jsonl timeout 45 python3 -m pytest \
+        tests/test_family_gpu.py -q -s -p no:cacheprovider > "$OUT/family_gpu.log" 2>&1
+    grep -E '^\{|passed|failed|FAILED' "$OUT/family_gpu.log" | cut -c1-240
+    timeout 150 python3 tools/parity.py --device cuda --work-dir "$OUT/parity_none" \
+        > "$OUT/parity_none.out" 2>&1; echo "parity none: exit $?"
+    tail -n 24 "$OUT/parity_none.out"
+    timeout 50 python3 -m mmdet_focal_triton.parity.accuracy --device cuda --cases 300 \
+        --out "$OUT/accuracy_cuda" > "$OUT/accuracy_cuda.log" 2>&1
+    grep -v -i warn "$OUT/accuracy_cuda.log" | tail -n 14
+    timeout 60 python3 tools/benchmark.py --shapes 2.4Mx80 300kx1203 --dtypes fp32 bf16 \
+        --impls ours compile mmcv --out-dir "$OUT/wall" > "$OUT/wall.log" 2>&1
+    tail -n 9 "$OUT/wall.log"
+    timeout 30 python3 tools/benchmark.py --mode host --shapes 300kx1203 --dtypes fp32 bf16 \
+        --impls ours floor compile mmcv --out-dir "$OUT/host" > "$OUT/host.log" 2>&1
+    tail -n 6 "$OUT/host.log"
+    timeout 45 python3 tools/benchmark.py --loss qfl --mode host --dtypes fp32 \
+        --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT/qfl" \
+        > "$OUT/qfl.log" 2>&1; tail -n 14 "$OUT/qfl.log"
+    timeout 25 python3 tools/benchmark.py --loss vfl --mode host --dtypes fp32 \
+        --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT/vfl" \
+        > "$OUT/vfl.log" 2>&1; tail -n 7 "$OUT/vfl.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
