@@ -31,6 +31,14 @@ def unpack(cls, flags: int):
     return cls(*values)
 
 
+def packed(cls):
+    """Give a spec NamedTuple `spec.pack()` and `Spec.unpack(flags)` (cached)."""
+    cls.pack = pack
+    cls.unpack = classmethod(unpack)
+    return cls
+
+
+@packed
 class FocalSpec(NamedTuple):
     """One call of the sigmoid focal loss."""
     reduction: int  # NONE, MEAN or SUM
@@ -40,14 +48,8 @@ class FocalSpec(NamedTuple):
     write_grad: bool  # compute d loss / d pred in the forward (reduced losses)
     check: bool  # report labels outside [0, C] / probabilities outside [0, 1]
 
-    def pack(self) -> int:
-        return pack(self)
 
-    @classmethod
-    def unpack(cls, flags: int) -> 'FocalSpec':
-        return unpack(cls, flags)
-
-
+@packed
 class QualityFocalSpec(NamedTuple):
     """One call of the quality focal loss (mmdet's `QualityFocalLoss`)."""
     reduction: int  # NONE (per-row losses), MEAN or SUM
@@ -57,24 +59,11 @@ class QualityFocalSpec(NamedTuple):
     write_grad: bool  # compute d loss / d pred in the forward (reduced losses)
     check: bool  # report labels outside [0, C] / probabilities outside [0, 1]
 
-    def pack(self) -> int:
-        return pack(self)
 
-    @classmethod
-    def unpack(cls, flags: int) -> 'QualityFocalSpec':
-        return unpack(cls, flags)
-
-
+@packed
 class VarifocalSpec(NamedTuple):
     """One call of the varifocal loss (mmdet's `VarifocalLoss`)."""
     reduction: int  # NONE, MEAN or SUM
     weighted: bool  # a weight of pred's shape (possibly a broadcast view) multiplies the loss
     iou_weighted: bool  # elements with target > 0 are weighted by their target
     write_grad: bool  # compute d loss / d pred in the forward (reduced losses)
-
-    def pack(self) -> int:
-        return pack(self)
-
-    @classmethod
-    def unpack(cls, flags: int) -> 'VarifocalSpec':
-        return unpack(cls, flags)

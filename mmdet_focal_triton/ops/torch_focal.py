@@ -4,10 +4,8 @@ are tested against besides float64). The same math as `kernels/focal.py`, evalua
 import torch
 from torch import Tensor
 
-from .checks import LABEL_BIT, PROB_BIT, raise_bad
-from .spec import NONE, WEIGHT_ELEM, WEIGHT_ROW, FocalSpec
-
-EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
+from .spec import WEIGHT_ELEM, WEIGHT_ROW, FocalSpec
+from .torch_common import check_now, reduce_and_scale
 
 
 def _pow(base: Tensor, gamma: float) -> Tensor:
@@ -95,12 +93,7 @@ def forward(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     elementwise loss, and the gradient (times `upstream` when given: the backward of 'none')."""
     R, C = pred2.shape
     if spec.check:
-        bits = 0
-        if spec.index_target and bool(((target < 0) | (target > C)).any()):
-            bits |= LABEL_BIT
-        if spec.activated and bool(((pred2 < 0) | (pred2 > 1)).any()):
-            bits |= PROB_BIT
-        raise_bad(bits, C)
+        check_now(pred2, target, spec.index_target, spec.activated)
     loss, dx = elementwise(pred2, target, gamma, alpha, spec.index_target, spec.activated)
     if spec.weight_mode == WEIGHT_ROW:
         w = weight.to(loss.dtype)[:, None]
@@ -113,17 +106,5 @@ def forward(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
         dx = dx * w
     if upstream is not None:  # backward of 'none'
         return None, (dx * scale * upstream.to(dx.dtype)).to(pred2.dtype)
-    if spec.reduction == NONE:
-        out = (loss * scale).reshape(loss_shape).to(out_dtype)
-    else:
-        total = loss.sum() * scale
-        if avg_factor is not None:
-            total = total / (avg_factor.to(total.dtype) + EPS)
-        out = total.reshape(loss_shape).to(out_dtype)
-    grad = None
-    if spec.write_grad:
-        g = dx * scale
-        if avg_factor is not None:
-            g = g / (avg_factor.to(g.dtype).reshape(()) + EPS)
-        grad = g.to(pred2.dtype)
-    return out, grad
+    return reduce_and_scale(loss, dx, scale, avg_factor, spec.reduction, spec.write_grad,
+                            out_dtype, loss_shape, pred2.dtype)

@@ -6,10 +6,8 @@ formula serves both target forms."""
 import torch
 from torch import Tensor
 
-from .checks import LABEL_BIT, PROB_BIT, raise_bad
-from .spec import NONE, QualityFocalSpec
-
-EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
+from .spec import QualityFocalSpec
+from .torch_common import check_now, reduce_and_scale
 
 
 def modulate(bce: Tensor, dbce: Tensor, d: Tensor, dd, expo: float):
@@ -61,12 +59,7 @@ def forward(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor 
     'none')."""
     R, C = pred2.shape
     if spec.check:
-        bits = 0
-        if spec.index_target and bool(((target < 0) | (target > C)).any()):
-            bits |= LABEL_BIT
-        if spec.activated and bool(((pred2 < 0) | (pred2 > 1)).any()):
-            bits |= PROB_BIT
-        raise_bad(bits, C)
+        check_now(pred2, target, spec.index_target, spec.activated)
     cdt = torch.float64 if pred2.dtype == torch.float64 else torch.float32
     x = pred2.to(cdt)
     if spec.index_target:  # labels outside [0, C) match no column: background
@@ -82,17 +75,5 @@ def forward(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor 
         dx = dx * w[:, None]
     if upstream is not None:  # backward of 'none'
         return None, (dx * scale * upstream.to(cdt)[:, None]).to(pred2.dtype)
-    if spec.reduction == NONE:
-        out = (row_loss * scale).reshape(loss_shape).to(out_dtype)
-    else:
-        total = row_loss.sum() * scale
-        if avg_factor is not None:
-            total = total / (avg_factor.to(total.dtype) + EPS)
-        out = total.reshape(loss_shape).to(out_dtype)
-    grad = None
-    if spec.write_grad:
-        g = dx * scale
-        if avg_factor is not None:
-            g = g / (avg_factor.to(g.dtype).reshape(()) + EPS)
-        grad = g.to(pred2.dtype)
-    return out, grad
+    return reduce_and_scale(row_loss, dx, scale, avg_factor, spec.reduction, spec.write_grad,
+                            out_dtype, loss_shape, pred2.dtype)

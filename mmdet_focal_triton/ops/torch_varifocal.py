@@ -4,8 +4,9 @@ float64)."""
 import torch
 from torch import Tensor
 
-from .spec import NONE, VarifocalSpec
-from .torch_quality_focal import EPS, logit_terms, modulate
+from .spec import VarifocalSpec
+from .torch_common import reduce_and_scale
+from .torch_quality_focal import logit_terms, modulate
 
 
 def elementwise(x: Tensor, t: Tensor, alpha: float, gamma: float, iou_weighted: bool):
@@ -32,17 +33,5 @@ def forward(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
         dx = dx * w
     if upstream is not None:  # backward of 'none'
         return None, (dx * scale * upstream.to(cdt)).to(pred2.dtype)
-    if spec.reduction == NONE:
-        out = (loss * scale).reshape(loss_shape).to(out_dtype)
-    else:
-        total = loss.sum() * scale
-        if avg_factor is not None:
-            total = total / (avg_factor.to(total.dtype) + EPS)
-        out = total.reshape(loss_shape).to(out_dtype)
-    grad = None
-    if spec.write_grad:
-        g = dx * scale
-        if avg_factor is not None:
-            g = g / (avg_factor.to(g.dtype).reshape(()) + EPS)
-        grad = g.to(pred2.dtype)
-    return out, grad
+    return reduce_and_scale(loss, dx, scale, avg_factor, spec.reduction, spec.write_grad,
+                            out_dtype, loss_shape, pred2.dtype)

@@ -1,0 +1,44 @@
+"""What the PyTorch implementations of the losses (the CPU path) share: the input check, done in
+the call, and the reduction and normalisation of an elementwise (or per-row) loss and its
+gradient, as the Triton kernels do them."""
+import torch
+from torch import Tensor
+
+from .checks import LABEL_BIT, PROB_BIT, raise_bad
+from .spec import NONE
+
+EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
+
+
+def check_now(pred2: Tensor, target: Tensor, index_target: bool, activated: bool) -> None:
+    """Raise the ValueError of labels outside [0, C] (class-index targets) or probabilities
+    outside [0, 1] (activated inputs) in the call itself."""
+    C = pred2.shape[1]
+    bits = 0
+    if index_target and bool(((target < 0) | (target > C)).any()):
+        bits |= LABEL_BIT
+    if activated and bool(((pred2 < 0) | (pred2 > 1)).any()):
+        bits |= PROB_BIT
+    raise_bad(bits, C)
+
+
+def reduce_and_scale(loss: Tensor, dx: Tensor, scale: float, avg_factor: Tensor | None,
+                     reduction: int, write_grad: bool, out_dtype: torch.dtype, loss_shape,
+                     grad_dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """(loss, grad) from the weighted loss (elementwise, or per row) and its derivative: the
+    loss times `scale`, reduced ('none' keeps it) and divided by (avg_factor + eps) when given;
+    the gradient, when asked, with the same factors."""
+    if reduction == NONE:
+        out = (loss * scale).reshape(loss_shape).to(out_dtype)
+    else:
+        total = loss.sum() * scale
+        if avg_factor is not None:
+            total = total / (avg_factor.to(total.dtype) + EPS)
+        out = total.reshape(loss_shape).to(out_dtype)
+    grad = None
+    if write_grad:
+        g = dx * scale
+        if avg_factor is not None:
+            g = g / (avg_factor.to(g.dtype).reshape(()) + EPS)
+        grad = g.to(grad_dtype)
+    return out, grad
