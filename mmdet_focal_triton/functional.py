@@ -105,14 +105,15 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
         An empty input gives 0 for 'sum' and with avg_factor, an empty tensor for 'none', and
         NaN for 'mean' without avg_factor (torch's mean of nothing, like mmdet).
 
-    Costs and checks: on CUDA one fused pass reads pred, target and weight once and, when pred
-    needs a gradient, writes d loss / d pred in the same pass; no (N, C) loss tensor is written
-    for 'mean' / 'sum'; the sum is reduced deterministically by a second one-program kernel.
-    Class labels outside [0, C] (and probabilities outside [0, 1] when activated) are detected
-    inside that pass, at no extra read of the data. By default the ValueError is raised without
-    a host synchronisation: on CUDA at the first point after the call where the flag is known
-    without waiting (the backward of that loss, the next call, or
-    ``mmdet_focal_triton.check_pending_inputs()``); on CPU in the call itself.
+    Costs and checks: on CUDA one kernel launch reads pred, target and weight once and, when
+    pred needs a gradient, writes d loss / d pred in the same pass; no (N, C) loss tensor is
+    written for 'mean' / 'sum'; the sum is finished inside that launch in a fixed order
+    (deterministic). The backward is one more launch, which does nothing when the upstream
+    gradient is 1. Class labels outside [0, C] (and probabilities outside [0, 1] when activated)
+    are detected inside that pass, at no extra read of the data. By default the ValueError is
+    raised without a host synchronisation: the kernel writes a flag in pinned host memory, read
+    at the next call, in the backward of that loss, or by
+    ``mmdet_focal_triton.check_pending_inputs()``; on CPU the call itself raises.
     ``set_input_checks('sync')`` raises in the call itself at the cost of one
     device-to-host synchronisation; ``set_input_checks(False)`` (or MMDET_FOCAL_TRITON_CHECK=off)
     turns the check off: such labels then count as background, and nothing reads out of bounds.
