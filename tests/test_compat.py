@@ -34,6 +34,8 @@ class ToyData(torch.utils.data.Dataset):
 def _runner(work_dir, **kw):
     return Runner(
         model=ToyModel(), work_dir=str(work_dir),
+        # a name of its own: runners built within one second would share the timestamp name
+        experiment_name=f'compat-{work_dir.name}',
         train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=False),
                               batch_size=4, collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
