@@ -133,6 +133,29 @@ def test_cache_reuse_and_atomic(tmp_path, monkeypatch):
     assert (root / 'meta.json').exists()
 
 
+def test_concurrent_generation_keeps_the_first_finished_copy(tmp_path, monkeypatch):
+    """Two runs generating the same cached dataset at once (parity runs started together):
+    the one finishing second must neither move away nor delete the copy the first one
+    finished, which that run may already be reading."""
+    monkeypatch.setenv('MMDET_FOCAL_TRITON_CACHE', str(tmp_path / 'cache'))
+    kw = dict(num_train=2, num_val=1, img_size=64, seed=7)
+    write_split = synthetic._write_split
+    seen = {}
+
+    def slow_write(tmp, split, n, params):
+        if not seen:  # the outer run, mid-way: another run generates and finishes first
+            seen['started'] = True
+            seen['root'] = make_synthetic_coco(**kw)
+            seen['inode'] = (seen['root'] / 'meta.json').stat().st_ino
+        write_split(tmp, split, n, params)
+
+    monkeypatch.setattr(synthetic, '_write_split', slow_write)
+    root = make_synthetic_coco(**kw)
+    assert root == seen['root']
+    assert (root / 'meta.json').stat().st_ino == seen['inode']  # the first copy, untouched
+    assert sorted(p.name for p in root.parent.iterdir()) == [root.name]  # no leftovers
+
+
 def test_cli(tmp_path, capsys):
     out = tmp_path / 'cli'
     assert synthetic.main(['--out', str(out), '--num-train', '2', '--num-val', '1',

@@ -101,8 +101,11 @@ def main(argv=None) -> int:
     os.environ.setdefault('MPLBACKEND', 'Agg')
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    if not args.verbose:  # mmengine imports pkg_resources (setuptools 81 warns): known, quiet
+    if not args.verbose:  # the pinned stack's known warnings, quiet: mmengine imports
+        # pkg_resources (setuptools 81 warns); on Python 3.12 mmdet 3.3.0's docstrings hold
+        # invalid escape sequences (SyntaxWarning when its sources are compiled at first import)
         warnings.filterwarnings('ignore', 'pkg_resources is deprecated', UserWarning)
+        warnings.filterwarnings('ignore', 'invalid escape sequence', SyntaxWarning)
     from mmdet_focal_triton.parity import ParityOptions, run_parity
 
     try:

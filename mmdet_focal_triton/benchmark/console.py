@@ -17,6 +17,8 @@ KNOWN_WARNINGS = [
     (DeprecationWarning, r'`torch\.jit\.(script|interface)` is deprecated', ''),
     (ImportWarning, r'``MultiScaleDeformableAttention`` has been moved', ''),
     (DeprecationWarning, '', r'(mmengine|mmcv|mmdet)(\.|$)'),
+    # Python 3.12 compiling mmdet 3.3.0's sources (docstrings with invalid escape sequences)
+    (SyntaxWarning, r'invalid escape sequence', ''),
     # mmengine 0.10.7's AMP wrapper uses the torch.cuda.amp spellings
     (FutureWarning, r'`torch\.cuda\.amp\.(GradScaler|autocast)\(args\.\.\.\)` is deprecated', ''),
     # inductor, compiling the python peer (TF32 is left off on purpose: fp32 means fp32)

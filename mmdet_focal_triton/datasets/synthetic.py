@@ -378,6 +378,10 @@ def make_synthetic_coco(root: None | str | os.PathLike = None, num_train: int = 
         meta = dict(params=params, root=str(root), opencv=_cv2().__version__,
                     numpy=np.__version__, created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
         (tmp / 'meta.json').write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if not overwrite and _is_complete(root, params):
+            # a concurrent run finished first (and may be reading it already): use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            return root
         if root.exists():  # overwrite, or an empty folder
             old = root.with_name(f'.{root.name}.old-{os.getpid()}')
             os.rename(root, old)

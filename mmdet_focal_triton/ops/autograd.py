@@ -4,7 +4,9 @@ The forward of a reduced loss ('mean' / 'sum') writes d loss / d pred, already m
 weights, normalisation and loss weight. The backward only multiplies that buffer in place by the
 upstream gradient (`scale_grad_`: one launch that does no pass over the data when the upstream
 gradient is 1, as for a plain sum of losses) and hands it to autograd, which adopts it as
-`pred.grad` without a copy (it holds the only reference). For 'none' the forward writes the
+`pred.grad` without a copy (it holds the only reference). float16 inputs are the exception
+(`grad_buffer_dtype`): their buffer is float32, and the backward writes upstream x buffer into
+a new float16 tensor. For 'none' the forward writes the
 elementwise loss, and the backward recomputes the gradient times the upstream gradient in one
 fused pass (the loss's own `none_backward`).
 
@@ -20,6 +22,17 @@ from .backend import use_triton
 from .launcher import Kernel, clear_on_retune, current_stream, device_guard, int_class
 from .spec import NONE
 from .tuning import num_programs
+
+
+def grad_buffer_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the gradient a reduced loss writes in its forward: the input's, but float32
+    for float16 inputs. The buffer is written before the upstream gradient is known, so it
+    cannot profit from AMP's loss scaling: d loss / d pred of a normalised loss is typically
+    1e-9-1e-5 per element, below float16's normal range (6.1e-5), where it would lose its digits
+    or flush to 0 (bfloat16 has float32's range). mmengine's fp16 AmpOptimWrapper multiplies the
+    upstream gradient by 2^16 or more, and upstream x buffer is representable in float16 again."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
 
 _SCALE_BLOCK = 4096
 _SCALE_OPTIONS = dict(num_warps=8)
@@ -75,6 +88,8 @@ def stash(ctx, reduction: int, grad: Tensor | None, none_inputs: tuple, none_par
     ctx.reduction = reduction
     ctx.eager = eager
     ctx.set_materialize_grads(False)
+    ctx.pred_dtype = none_inputs[0].dtype
+    ctx.cast = grad is not None and grad.dtype != ctx.pred_dtype  # float16: a float32 buffer
     if reduction == NONE:
         ctx.save_for_backward(*none_inputs)
         ctx.none_params = none_params
@@ -106,6 +121,14 @@ def backward(ctx, grad_loss: Tensor | None, none_backward, none_backward_op) -> 
     if not ctx.has_grad:
         raise RuntimeError('the fused loss ran its forward without computing its gradient (pred '
                            'did not require grad, or grad mode was off)')
+    if ctx.cast:  # float16 input, float32 buffer: upstream x buffer into a new float16 tensor
+        grad = ctx.grad if ctx.eager else ctx.saved_tensors[0]
+        up = grad_loss.reshape(())
+        if type(grad) is not Tensor or torch.compiler.is_compiling():
+            return (grad * up).to(ctx.pred_dtype)
+        # one pass; the buffer stays unscaled, so a second backward (retain_graph) is exact
+        return torch.mul(grad, up, out=torch.empty(grad.shape, dtype=ctx.pred_dtype,
+                                                   device=grad.device))
     if ctx.first_scale is None:  # the usual case: rescale the buffer in place and hand it over
         ctx.first_scale = grad_loss
         if ctx.eager:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import checks, torch_focal
+from .autograd import grad_buffer_dtype
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result
 from .launcher import Kernel, clear_on_retune, current_stream, device_guard, int_class, workspace
@@ -118,7 +119,10 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     stream = current_stream(device_index)
     dev = pred2.device
     loss = None if backward_of_none else torch.empty(loss_shape, dtype=out_dtype, device=dev)
-    grad = torch.empty((R, C), dtype=pred2.dtype, device=dev) if v.write_grad else None
+    # the forward's gradient buffer (float32 for float16 inputs); the backward of 'none'
+    # returns upstream x gradient in pred's dtype
+    gdt = pred2.dtype if backward_of_none else grad_buffer_dtype(pred2.dtype)
+    grad = torch.empty((R, C), dtype=gdt, device=dev) if v.write_grad else None
     ws = workspace(device_index, stream, P, dev) if v.reduce else None
     has_af = avg_factor is not None
     entry = None

@@ -5,9 +5,9 @@ Each loss (focal, quality focal, varifocal) supplies a forward implementation,
 tensors start with `pred` and end with `avg_factor`, and `flags` packs the loss's spec. From it
 this module makes:
 - the `torch.library` op `mmdet_focal_triton::<name>` returning (loss, grad) (grad empty unless
-  the spec writes it), with a fake implementation (torch.compile traces it without a graph
-  break) and its autograd (`autograd.py`'s glue: the gradient written in the forward is
-  rescaled in place);
+  the spec writes it; float32 for float16 inputs, `autograd.grad_buffer_dtype`), with a fake
+  implementation (torch.compile traces it without a graph break) and its autograd
+  (`autograd.py`'s glue: the gradient written in the forward is rescaled in place);
 - the op `<name>_none_backward` (the backward of reduction='none', recomputed in one pass);
 - an eager `torch.autograd.Function` running the same implementation and glue for eager calls
   (dispatching a Python custom op costs tens of microseconds of host time per call; the
@@ -18,7 +18,7 @@ this module makes:
 """
 import torch
 
-from .autograd import backward, stash
+from .autograd import backward, grad_buffer_dtype, stash
 from .spec import NONE
 
 
@@ -27,7 +27,8 @@ def empty_result(pred, reduction: int, write_grad: bool, scale: float, out_dtype
     """(loss, grad) of an input without elements: no launch. 'mean' of nothing is NaN (as
     torch.mean, and mmdet); any other loss of nothing is 0 (an empty sum)."""
     dev = pred.device
-    grad = (torch.zeros(pred.shape, dtype=pred.dtype, device=dev)
+    grad = (torch.zeros(pred.shape, device=dev, dtype=pred.dtype if upstream is not None
+                        else grad_buffer_dtype(pred.dtype))
             if write_grad or upstream is not None else None)
     if upstream is not None:
         return None, grad
@@ -92,7 +93,8 @@ class FusedLossOp:
         pred, avg_factor = args[0], args[self.n_tensors - 1]
         spec = self.spec_cls.unpack(args[-2])
         return (pred.new_empty(self.loss_shape(spec, pred, avg_factor), dtype=args[-1]),
-                pred.new_empty(pred.shape if spec.write_grad else (0,)))
+                pred.new_empty(pred.shape, dtype=grad_buffer_dtype(pred.dtype))
+                if spec.write_grad else pred.new_empty((0,)))
 
     def _stash(self, ctx, args, grad, eager):
         """args: the op's arguments (tensors, params, flags, out_dtype)."""

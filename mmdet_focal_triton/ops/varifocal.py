@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from . import torch_varifocal
+from .autograd import grad_buffer_dtype
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result
 from .launcher import Kernel, current_stream, device_guard, dummy, int_class, workspace
@@ -49,7 +50,10 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     write_loss = spec.reduction == NONE and not backward_of_none
     write_grad = spec.write_grad or backward_of_none
     loss = None if backward_of_none else torch.empty(loss_shape, dtype=out_dtype, device=dev)
-    grad = torch.empty((R, C), dtype=pred2.dtype, device=dev) if write_grad else None
+    # the forward's gradient buffer (float32 for float16 inputs); the backward of 'none'
+    # returns upstream x gradient in pred's dtype
+    gdt = pred2.dtype if backward_of_none else grad_buffer_dtype(pred2.dtype)
+    grad = torch.empty((R, C), dtype=gdt, device=dev) if write_grad else None
     dmy = dummy(device_index, dev)
     if reduce:
         ws = workspace(device_index, stream, P, dev)

@@ -15,6 +15,7 @@
 #                                        # > 2**31 elements, AMP, determinism (< 8 min)
 #   bash tests/gpu/run_all.sh family-bench  # QFL / VFL: host mode at every level, wall mode at
 #                                        # the largest, fp32/bf16; RTMDet-tiny e2e b32 (< 5 min)
+#   bash tests/gpu/run_all.sh parity-all # parity + parity_faults + accuracy, concurrently (< 10 min)
 #   bash tests/gpu/run_all.sh quick      # one call validating a change of the ops: newest focal
 #                                        # tests, family grid, parity fp32, accuracy, key benches
 # The offline machine needs the carried wheels: source tests/gpu/setup_env.sh (done here).
@@ -167,6 +168,47 @@ case "$stage" in
     timeout 25 python3 tools/benchmark.py --loss vfl --mode host --dtypes fp32 \
         --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT/vfl" \
         > "$OUT/vfl.log" 2>&1; tail -n 7 "$OUT/vfl.log"
+    ;;
+  parity-all)
+    # the parity, parity_faults and accuracy stages at once, in two waves of concurrent
+    # processes (< 10 min): verdicts only, timings of this stage mean nothing
+    for amp in none fp16 bf16; do
+      extra=""
+      [ "$amp" = none ] && extra="--control perturbed"
+      [ "$amp" = bf16 ] && extra="--losses ours"
+      ( t0=$SECONDS; timeout 400 python3 tools/parity.py --device cuda --amp "$amp" \
+          $extra --work-dir "$OUT/parity_$amp" > "$OUT/parity_$amp.out" 2>&1
+        echo "exit $? after $((SECONDS - t0)) s" >> "$OUT/parity_$amp.out" ) &
+    done
+    OMP_NUM_THREADS=4 timeout 300 python3 -m mmdet_focal_triton.parity.accuracy --device cuda \
+        --cases 300 --out "$OUT/accuracy_cuda" > "$OUT/accuracy_cuda.log" 2>&1 &
+    OMP_NUM_THREADS=2 timeout 300 python3 -m mmdet_focal_triton.parity.accuracy --device cpu \
+        --cases 300 --out "$OUT/accuracy_cpu" > "$OUT/accuracy_cpu.log" 2>&1 &
+    wait
+    for fault in alpha gamma loss_weight background; do
+      timeout 150 python3 tools/parity.py --device cuda --iters 3 --losses ours \
+          --inject-fault "$fault" --num-train 8 --num-val 4 \
+          --work-dir "$OUT/parity_fault_$fault" > "$OUT/parity_fault_$fault.out" 2>&1 &
+    done
+    timeout 170 python3 -m pytest tests/parity/test_run.py tests/parity/test_check.py \
+        tests/parity/test_compare.py tests/parity/test_accuracy.py \
+        tests/parity/test_reference.py -q -p no:cacheprovider -rs \
+        > "$OUT/parity_tests.log" 2>&1 &
+    wait
+    for amp in none fp16 bf16; do
+      echo "== parity $amp: $(tail -n 1 "$OUT/parity_$amp.out")"
+      grep -E '^\[parity\]|: ok in|: failed|PASS|FAIL|failed:' "$OUT/parity_$amp.out" \
+          | grep -v -i warn | cut -c1-260 | head -n 14
+      grep -h 'Iter(train) \[ *300/300\]' "$OUT"/parity_$amp/*/*/*.log 2>/dev/null \
+          | cut -c1-200
+    done
+    for fault in alpha gamma loss_weight background; do
+      echo "fault $fault (expected 1): $(grep -m1 -E 'failed:' "$OUT/parity_fault_$fault.out" \
+          | cut -c1-200)"
+    done
+    echo "== accuracy"; grep -v -i warn "$OUT/accuracy_cuda.log" | tail -n 14
+    grep -v -i warn "$OUT/accuracy_cpu.log" | tail -n 6
+    echo "== parity tests"; tail -n 6 "$OUT/parity_tests.log"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
