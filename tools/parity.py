@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Train the same RetinaNet with mmdet's FocalLoss and with TritonFocalLoss, and judge the swap.
+"""Train the same detector with mmdet's focal-family loss and with ours, and judge the swap.
 
-    python tools/parity.py                       # CPU default: R18-FPN, 256 px (see the config)
+    python tools/parity.py                       # CPU default: RetinaNet R18-FPN, FocalLoss
     python tools/parity.py --device cuda         # GPU default: R50-FPN at (1333, 800)
     python tools/parity.py --device cuda --amp bf16 --losses ours
     python tools/parity.py --inject-fault alpha  # a deliberately wrong loss: must FAIL
+    python tools/parity.py --model rtmdet-tiny   # RTMDet-tiny, QualityFocalLoss
+    python tools/parity.py --model rtmdet-tiny --inject-fault score
 
 The command line of ``mmdet_focal_triton.parity.run_parity`` (what is checked and why: its
 docstring and the README's Parity section). The terminal shows what runs, one progress bar per
@@ -20,18 +22,26 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAULTS = ('alpha', 'gamma', 'loss_weight', 'background')  # mmdet_focal_triton.parity.FAULTS
+# known before torch is imported (--device cpu must hide CUDA first); tests check they match
+MODELS = ('retinanet', 'rtmdet-tiny')  # mmdet_focal_triton.parity.config.MODEL_CONFIGS
+FAULTS = ('alpha', 'background', 'beta', 'gamma', 'loss_weight', 'score')  # faults.ALL_FAULTS
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description='Train RetinaNet with mmdet FocalLoss and with TritonFocalLoss from the same '
-                    'init and data order; check every call of ours against mmdet\'s formula in '
-                    'float64, and compare the two trainings.',
+        description='Train a detector (RetinaNet: FocalLoss; RTMDet-tiny: QualityFocalLoss) with '
+                    "mmdet's loss and with ours (TritonFocalLoss, TritonQualityFocalLoss) from "
+                    "the same init and data order; check every call of ours against mmdet's "
+                    'formula in float64, and compare the two trainings.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--model', choices=MODELS, default='retinanet',
+                   help='the detector, i.e. its config in configs/parity/ by device: retinanet '
+                        '(retinanet_r18_fpn_synthetic_cpu.py / retinanet_r50_fpn_synthetic_gpu.py'
+                        ', FocalLoss) or rtmdet-tiny (rtmdet_tiny_synthetic_{cpu,gpu}.py, '
+                        'QualityFocalLoss); ignored when --config is given')
     p.add_argument('--config', default=None,
-                   help='parity config (default: configs/parity/retinanet_r18_fpn_synthetic_cpu.py '
-                        'on CPU, configs/parity/retinanet_r50_fpn_synthetic_gpu.py on CUDA)')
+                   help="parity config (default: --model's, by device); the loss types are read "
+                        'from it')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     p.add_argument('--iters', type=int, default=None,
                    help="training iterations per run (default: the config's parity.iters)")
@@ -54,15 +64,17 @@ def parse_args(argv=None):
                         '(the config must then match it: classes, ann files, prefixes)')
     p.add_argument('--work-dir', default='work_dirs/parity')
     p.add_argument('--control', choices=('auto', 'none', 'repeat', 'perturbed'), default='auto',
-                   help="a third training, of mmdet's FocalLoss: 'perturbed' = loss_weight x "
+                   help="a third training, of mmdet's loss: 'perturbed' = loss_weight x "
                         '(1 + 2^-20) (how far rounding-level differences drift: the noise the '
                         "statistical checks allow 3x of); 'repeat' = identical (is the device "
                         "deterministic?); 'auto' = 'perturbed', trained only when a trend or "
                         'mAP difference exceeds its floor')
     p.add_argument('--inject-fault', choices=FAULTS, default=None, dest='fault',
-                   help='make our loss deliberately, slightly wrong (alpha 0.26, gamma 2.05, '
-                        'loss_weight x 1.001, or background taken as class 0 on one level), to '
-                        'see the run fail')
+                   help='make our loss deliberately, slightly wrong, to see the run fail; '
+                        'FocalLoss: alpha 0.26, gamma 2.05, loss_weight x 1.001, or background '
+                        'taken as class 0 on one level; QualityFocalLoss: beta 2.05, '
+                        "loss_weight x 1.001, or score: the positives' quality scores taken as 1 "
+                        'on one level')
     tol = p.add_argument_group('tolerances (default: by device and precision, see '
                                'mmdet_focal_triton/parity/config.py)')
     tol.add_argument('--check-rtol', type=float, default=None,
@@ -81,7 +93,7 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0, help='training seed (init, sampler, augment)')
     p.add_argument('--data-seed', type=int, default=0, help='synthetic dataset seed')
     p.add_argument('--backend', choices=('auto', 'torch', 'triton'), default='auto',
-                   help="TritonFocalLoss backend: 'auto' = Triton kernels on CUDA, the PyTorch "
+                   help="our losses' backend: 'auto' = Triton kernels on CUDA, the PyTorch "
                         "implementation on CPU; 'triton' on CPU runs the Triton kernels in "
                         "Triton's interpreter (slow, but it is the kernel code)")
     p.add_argument('--verbose', action='store_true',

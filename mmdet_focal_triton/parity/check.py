@@ -1,28 +1,36 @@
-"""Check every call of ``TritonFocalLoss`` during training against mmdet's formula.
+"""Check every call of our focal-family losses during training against mmdet's, in float64.
 
-``FocalLossCheckHook`` (mmengine ``HOOKS``) attaches to every ``TritonFocalLoss`` module of the
-model and records, at each call, the inputs the head passed (pred, target, weight, avg_factor,
-reduction_override), the loss it returned and, in the backward pass, the gradient it delivered to
-``pred`` together with the upstream gradient. After each iteration it evaluates on those very
-inputs, with that upstream gradient:
+``FocalLossCheckHook`` (mmengine ``HOOKS``, also registered as ``LossCheckHook``) attaches to
+every ``TritonFocalLoss``, ``TritonQualityFocalLoss`` and ``TritonVarifocalLoss`` module of the
+model and records, at each call, the inputs the head passed (pred, target — class indices, a
+dense target or a ``(labels, scores)`` pair —, weight, avg_factor, reduction_override), the loss
+it returned and, in the backward pass, the gradient it delivered to ``pred`` together with the
+upstream gradient. After each iteration it evaluates on those very inputs, with that upstream
+gradient (``reference.REFERENCES``, by the module's loss type):
 
-- the float64 evaluation of mmdet's formula (``reference.float64_focal_loss``), the reference;
-- mmdet's own python code (``reference.mmdet_focal_loss``) in the inputs' precision (float32 for
-  fp16 / bf16 inputs), reported: how close mmdet itself comes to the reference;
+- the float64 evaluation of mmdet's formula, the reference: ``reference.float64_focal_loss``
+  for ``FocalLoss``; for ``QualityFocalLoss`` / ``VarifocalLoss`` (pure PyTorch in mmdet 3.3.0)
+  mmdet's own module on float64 copies of the inputs (exact for beta / gamma >= 1, where mmdet's
+  formula has no NaN gradients);
+- mmdet's own python code (``reference.mmdet_focal_loss``, mmdet's QFL / VFL module) in the
+  inputs' precision (float32 for fp16 / bf16 inputs), reported: how close mmdet itself comes to
+  the reference;
 
 and checks ``||ours - ref|| / ||ref|| <= rtol`` for the loss and for the gradient (SPEC §3: 1e-5
 for fp32 inputs, 1e-2 for fp16 / bf16). So the whole training distribution is checked, not a
 test grid: every level, empty levels, images without positives, late-training logits, AMP.
 
-The parameters the loss should have (gamma, alpha, reduction, loss_weight, activated) come from
-``reference`` (``{module name: FocalLoss config}``, e.g. the config before the swap) where given,
+The parameters the loss should have (FocalLoss: gamma, alpha, reduction, loss_weight, activated;
+QualityFocalLoss: beta, ...; VarifocalLoss: alpha, gamma, iou_weighted, ...) come from
+``reference`` (``{module name: loss config}``, e.g. the config before the swap) where given,
 else from the module itself when training starts. Use it in any config::
 
     custom_imports = dict(imports=['mmdet_focal_triton', 'mmdet_focal_triton.parity'])
     custom_hooks = [dict(type='FocalLossCheckHook')]
 
-The summary is logged, written to ``<log_dir>/focal_loss_check.json`` and kept in
-``hook.summary``. Cost: two float64 evaluations of the loss per call (a parity run's price).
+The summary (with the loss types checked) is logged, written to
+``<log_dir>/focal_loss_check.json`` and kept in ``hook.summary``. Cost: two more evaluations of
+the loss per call, one in float64 (a parity run's price).
 """
 from __future__ import annotations
 
@@ -35,13 +43,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from .reference import (
-    FocalLossParams,
-    float64_focal_loss,
-    loss_and_grad,
-    mmdet_focal_loss,
-    rel_err,
-)
+from .reference import loss_and_grad, our_loss_modules, reference_for, rel_err
 from .report import jsonable
 
 FP32_RTOL = 1e-5  # SPEC §3, fp32 (and fp64) inputs
@@ -63,40 +65,60 @@ def _bind(args: tuple, kwargs: dict) -> dict:
 
 
 def _detach(v):
-    return v.detach() if isinstance(v, torch.Tensor) else v
+    """Tensors detached, also inside a ``(labels, scores)`` target; anything else as it is."""
+    if isinstance(v, torch.Tensor):
+        return v.detach()
+    if isinstance(v, (tuple, list)):
+        return type(v)(_detach(x) for x in v)
+    return v
 
 
-def check_call(call: dict, params: FocalLossParams, rtol: float | None = None) -> dict:
+def target_form(pred: torch.Tensor, target) -> tuple[str, int]:
+    """('index' | 'dense' | 'labels+scores', number of positives) of a loss call's target.
+
+    Positives: class indices below C (index), entries above 0 (dense), labels in [0, C) of a
+    ``(labels, scores)`` pair (QualityFocalLoss's, background = C).
+    """
+    num_classes = pred.shape[-1] if pred.dim() else 0
+    if isinstance(target, (tuple, list)):
+        labels = target[0]
+        return 'labels+scores', int(((labels >= 0) & (labels < num_classes)).sum())
+    if pred.dim() == target.dim():
+        return 'dense', int((target > 0).sum()) if pred.numel() else 0
+    return 'index', int((target < num_classes).sum()) if pred.numel() else 0
+
+
+def check_call(call: dict, params, rtol: float | None = None) -> dict:
     """Compare one recorded call of our loss with mmdet's formula on the same inputs.
 
     ``call``: pred, target, weight, avg_factor, reduction_override (the forward's arguments),
     ``out`` (our loss), and, when a backward pass reached them, ``grad_output`` (the upstream
-    gradient of the loss) and ``grad`` (our gradient w.r.t. pred). Returns the numbers, with
-    ``passed``: loss and gradient within ``rtol`` of the float64 reference.
+    gradient of the loss) and ``grad`` (our gradient w.r.t. pred). ``params``: the loss's
+    parameters (``FocalLossParams``, ``QualityFocalLossParams`` or ``VarifocalLossParams``: they
+    pick the loss, ``reference.REFERENCES``). Returns the numbers, with ``passed``: loss and
+    gradient within ``rtol`` of the float64 reference.
     """
+    ref_fns = reference_for(params)
     pred, target = call['pred'], call['target']
     inputs = (pred, target, call['weight'], call['avg_factor'], call['reduction_override'])
     rtol = default_rtol(pred.dtype) if rtol is None else rtol
     go = call.get('grad_output')
-    ref, ref_grad = loss_and_grad(float64_focal_loss, *inputs, params=params, grad_output=go)
+    # differentiated with respect to a float64 copy of pred: a leaf in pred's dtype would round
+    # the reference gradient to fp16 / bf16, like ours, and hide our rounding
+    ref, ref_grad = loss_and_grad(ref_fns.float64, pred.double(), *inputs[1:], params=params,
+                                  grad_output=go)
     mm_pred = pred.float() if pred.dtype in _LOW else pred
     try:  # reported only: mmdet's own code may refuse what the formula (and ours) accepts
-        mm, mm_grad = loss_and_grad(mmdet_focal_loss, mm_pred, *inputs[1:], params=params,
+        mm, mm_grad = loss_and_grad(ref_fns.mmdet, mm_pred, *inputs[1:], params=params,
                                     grad_output=go)
         mm_error = None
     except Exception as e:  # noqa: BLE001
         mm = mm_grad = None
         mm_error = f'{type(e).__name__}: {e}'
-    dense = pred.dim() == target.dim()
-    if pred.numel() == 0:
-        n_pos = 0
-    elif dense:
-        n_pos = int((target > 0).sum())
-    else:
-        n_pos = int((target < pred.shape[-1]).sum())
+    form, n_pos = target_form(pred, target)
     af = call['avg_factor']
-    res = dict(shape=list(pred.shape), dtype=str(pred.dtype).replace('torch.', ''),
-               target='dense' if dense else 'index', positives=n_pos,
+    res = dict(loss_type=ref_fns.loss_type, shape=list(pred.shape),
+               dtype=str(pred.dtype).replace('torch.', ''), target=form, positives=n_pos,
                weight=None if call['weight'] is None else list(call['weight'].shape),
                avg_factor=float(af.double().sum()) if isinstance(af, torch.Tensor) else af,
                reduction=call['reduction_override'] or params.reduction,
@@ -140,7 +162,7 @@ class CheckSummary:
         self.mmdet_nonfinite = 0
         self.per_iter = {}  # iteration -> max rel errs: [loss, grad, mmdet's loss, grad]
         self.coverage = dict(empty_calls=0, calls_without_positives=0, max_abs_logit=0.0,
-                             dtypes=[], modules=[], target_forms=[])
+                             dtypes=[], modules=[], target_forms=[], loss_types=[])
 
     def add(self, res: dict, iteration: int | None, module: str) -> None:
         self.calls += 1
@@ -168,14 +190,20 @@ class CheckSummary:
         cov['empty_calls'] += res['shape'][0] == 0
         cov['calls_without_positives'] += res['positives'] == 0
         cov['max_abs_logit'] = max(cov['max_abs_logit'], res['max_abs_logit'])
+        ours = reference_for(res.get('loss_type', 'FocalLoss')).ours
         for key, v in (('dtypes', res['dtype']), ('modules', module),
-                       ('target_forms', res['target'])):
+                       ('target_forms', res['target']), ('loss_types', ours)):
             if v not in cov[key]:
                 cov[key].append(v)
 
     @property
     def passed(self) -> bool:
         return self.calls > 0 and self.failed == 0
+
+    @property
+    def loss_types(self) -> str:
+        """Our loss classes checked so far, e.g. 'TritonQualityFocalLoss' ('' before a call)."""
+        return ', '.join(self.coverage['loss_types'])
 
     def as_dict(self) -> dict:
         iters = sorted(self.per_iter)
@@ -192,13 +220,15 @@ class CheckSummary:
 
 @HOOKS.register_module()
 class FocalLossCheckHook(Hook):
-    """Checks each call of each ``TritonFocalLoss`` against mmdet's formula (module docstring).
+    """Checks each call of each loss of ours (``TritonFocalLoss``, ``TritonQualityFocalLoss``,
+    ``TritonVarifocalLoss``) against the float64 evaluation of mmdet's (module docstring).
 
     Args:
-        reference: ``{module name: FocalLoss config dict}``: the parameters each loss module
-            should have (module names as ``model.named_modules()`` gives them, e.g.
-            ``'bbox_head.loss_cls'``). Modules not in it are checked against their own
-            parameters as they are when training starts.
+        reference: ``{module name: loss config dict}``: the parameters each loss module should
+            have (module names as ``model.named_modules()`` gives them, e.g.
+            ``'bbox_head.loss_cls'``; a ``type``, if given, must be the module's loss, mmdet's
+            name or ours). Modules not in it are checked against their own parameters as they
+            are when training starts.
         rtol: tolerance on the relative error of loss and gradient; None: 1e-5 for fp32 / fp64
             inputs, 1e-2 for fp16 / bf16.
         out_file: name of the JSON summary written into the runner's log_dir (None: none).
@@ -220,17 +250,17 @@ class FocalLossCheckHook(Hook):
 
     # -- attaching ---------------------------------------------------------------------------
     def attach(self, model) -> list:
-        """Hook every TritonFocalLoss of ``model``; returns their names."""
-        from ..focal_loss import TritonFocalLoss
-
+        """Hook every loss module of ours in ``model``; returns their names."""
         model = model.module if is_model_wrapper(model) else model
         names = []
-        for name, m in model.named_modules():
-            if not isinstance(m, TritonFocalLoss):
-                continue
+        for name, m, ref in our_loss_modules(model):
             cfg = self.reference.get(name)
-            self.params[name] = (FocalLossParams.from_config(cfg) if cfg is not None
-                                 else FocalLossParams.from_module(m))
+            if cfg is not None and cfg.get('type') is not None \
+                    and reference_for(cfg['type']) is not ref:
+                raise ValueError(f"{name} is a {type(m).__name__}, but its reference config is "
+                                 f"a {cfg['type']}")
+            self.params[name] = (ref.params.from_config(cfg) if cfg is not None
+                                 else ref.params.from_module(m))
             self._handles.append(m.register_forward_pre_hook(self._pre_hook(name),
                                                              with_kwargs=True))
             self._handles.append(m.register_forward_hook(self._post_hook(), with_kwargs=True))
@@ -281,14 +311,18 @@ class FocalLossCheckHook(Hook):
             self.summary.add(res, rec['iteration'], rec['module'])
             if not res['passed'] and not self._logged_failure and logger is not None:
                 self._logged_failure = True
-                logger.warning(f"FocalLossCheckHook: {rec['module']} at iteration "
+                ref = reference_for(res['loss_type'])
+                logger.warning(f"FocalLossCheckHook: {rec['module']} ({ref.ours}) at iteration "
                                f"{rec['iteration']}: {'; '.join(res['failures'])} (ours vs "
-                               "float64 evaluation of mmdet's formula on the same inputs)")
+                               f"float64 evaluation of mmdet's {ref.loss_type} on the same "
+                               'inputs)')
 
     def before_train(self, runner) -> None:
         names = self.attach(runner.model)
         if not names:
-            runner.logger.warning('FocalLossCheckHook: the model has no TritonFocalLoss')
+            runner.logger.warning('FocalLossCheckHook: the model has no loss of ours '
+                                  '(TritonFocalLoss, TritonQualityFocalLoss, '
+                                  'TritonVarifocalLoss)')
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         self._iteration = runner.iter + 1
@@ -306,7 +340,8 @@ class FocalLossCheckHook(Hook):
         self.flush(runner.logger)
         s = self.summary
         runner.logger.info(
-            f"FocalLossCheckHook: {'PASS' if s.passed else 'FAIL'}: {s.calls} calls "
+            f"FocalLossCheckHook: {'PASS' if s.passed else 'FAIL'}: "
+            f"{s.loss_types or 'no loss of ours'}, {s.calls} calls "
             f"({s.grads} with gradient), {s.failed} failed; max rel err loss "
             f"{s.max['loss_rel_err']:.3g}, gradient {s.max['grad_rel_err']:.3g} (mmdet's own "
             f"code: {s.max['mmdet_loss_rel_err']:.3g}, {s.max['mmdet_grad_rel_err']:.3g})")
@@ -316,3 +351,7 @@ class FocalLossCheckHook(Hook):
 
     def after_run(self, runner) -> None:
         self.detach()
+
+
+LossCheckHook = FocalLossCheckHook  # the name that says what it checks: the whole family
+HOOKS.register_module(name='LossCheckHook', module=FocalLossCheckHook)

@@ -1,11 +1,18 @@
 """The configs and tolerances of a parity run.
 
+Models (``default_config(device, model)``, configs/parity/ of a source checkout): 'retinanet'
+(``FocalLoss``; the default) and 'rtmdet-tiny' (``QualityFocalLoss``), each with a CPU and a GPU
+config. The loss helpers below (``family_loss_configs``, ``loss_types``,
+``scale_focal_loss_weight``) cover mmdet's focal family: ``FocalLoss``, ``QualityFocalLoss``,
+``VarifocalLoss``, with or without the ``mmdet.`` scope.
+
 Default tolerances, keyed by (device type, precision); each can be overridden by the caller, and
 a config may loosen (never tighten) them with ``parity.tolerances``:
 
 - ``check_rtol``: every call of our loss against the float64 evaluation of mmdet's formula on
-  the same inputs, loss and gradient (``FocalLossCheckHook``): SPEC §3, 1e-5 in fp32, 1e-2 for
-  fp16 / bf16 inputs. Deterministic: the same inputs give the same verdict on any machine.
+  the same inputs, loss and gradient (``FocalLossCheckHook``, any loss of the family): SPEC §3,
+  1e-5 in fp32, 1e-2 for fp16 / bf16 inputs. Deterministic: the same inputs give the same
+  verdict on any machine.
 - ``first_rtol``: iteration 1 of the two trainings (same weights, same batch, so only the loss
   differs): |a-b| / max(|a|,|b|) of loss_cls and loss_bbox; measured 0-1.1e-7 (CPU), 1e-7 (CUDA).
 - ``update_rtol``: the first weight update, i.e. the gradient of the whole network through the
@@ -23,10 +30,19 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from ..config_utils import FOCAL_FAMILY
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / 'configs' / 'parity'
-DEFAULT_CONFIGS = {'cpu': CONFIG_DIR / 'retinanet_r18_fpn_synthetic_cpu.py',
-                   'cuda': CONFIG_DIR / 'retinanet_r50_fpn_synthetic_gpu.py'}
+MODEL_CONFIGS = {
+    'retinanet': {'cpu': CONFIG_DIR / 'retinanet_r18_fpn_synthetic_cpu.py',
+                  'cuda': CONFIG_DIR / 'retinanet_r50_fpn_synthetic_gpu.py'},
+    'rtmdet-tiny': {'cpu': CONFIG_DIR / 'rtmdet_tiny_synthetic_cpu.py',
+                    'cuda': CONFIG_DIR / 'rtmdet_tiny_synthetic_gpu.py'},
+}
+DEFAULT_MODEL = 'retinanet'
+DEFAULT_CONFIGS = MODEL_CONFIGS[DEFAULT_MODEL]
+FAMILY = tuple(FOCAL_FAMILY)  # mmdet's types: FocalLoss, QualityFocalLoss, VarifocalLoss
 
 _FP32 = dict(check_rtol=1e-5, first_rtol=1e-5, update_rtol=1e-4, trend_rtol=5e-2, map_atol=5e-2)
 _AMP = dict(check_rtol=1e-2, first_rtol=1e-2, update_rtol=5e-2, trend_rtol=1e-1, map_atol=5e-2)
@@ -39,9 +55,12 @@ REPORT_HORIZON = 20  # per-iteration differences are reported (not checked) over
 PERTURBATION = 2.0 ** -20  # the control: mmdet's loss_weight x (1 + this)
 
 
-def default_config(device: str) -> Path:
-    """The parity config of a source checkout for ``device`` ('cpu' or 'cuda')."""
-    path = DEFAULT_CONFIGS[device]
+def default_config(device: str, model: str = DEFAULT_MODEL) -> Path:
+    """The parity config of a source checkout for ``device`` ('cpu' or 'cuda') and ``model``
+    (a key of ``MODEL_CONFIGS``: 'retinanet' or 'rtmdet-tiny')."""
+    if model not in MODEL_CONFIGS:
+        raise ValueError(f'model must be one of {sorted(MODEL_CONFIGS)}, got {model!r}')
+    path = MODEL_CONFIGS[model][device]
     if not path.is_file():
         raise FileNotFoundError(f'{path} not found: the parity configs live in configs/parity/ '
                                 'of a source checkout; pass config= explicitly')
@@ -65,13 +84,16 @@ def tolerances(device: str, amp: str, config_defaults: dict | None = None,
 
 
 def set_resize(pipeline, size: int) -> int:
-    """Set every Resize of ``pipeline`` to scale (size, size); returns how many."""
+    """Set every Resize of ``pipeline`` to scale (size, size), and every Pad to a fixed size
+    (RTMDet's square padding) to (size, size); returns how many Resizes."""
     n = 0
     for t in pipeline or []:
         if isinstance(t, dict) and t.get('type') in ('Resize', 'mmdet.Resize'):
             t['scale'] = (size, size)
             t.pop('scale_factor', None)
             n += 1
+        elif isinstance(t, dict) and t.get('type') in ('Pad', 'mmdet.Pad') and t.get('size'):
+            t['size'] = (size, size)
     return n
 
 
@@ -118,26 +140,52 @@ def build_base_cfg(config, *, data_root: Path, iters: int, seed: int = 0, amp: s
     return cfg
 
 
-def focal_loss_configs(node, path: str = '') -> dict:
-    """``{dotted path: config}`` of every ``FocalLoss`` under ``node`` (e.g. ``cfg.model``):
-    the paths are the module names the built model gives them (``'bbox_head.loss_cls'``)."""
+def family_type(t) -> str | None:
+    """mmdet's loss name for a config ``type`` of the focal family ('FocalLoss',
+    'mmdet.QualityFocalLoss', ...), else None (ours, other scopes, other losses)."""
+    if not isinstance(t, str):
+        return None
+    name = t[len('mmdet.'):] if t.startswith('mmdet.') else t
+    return name if name in FAMILY else None
+
+
+def family_loss_configs(node, path: str = '') -> dict:
+    """``{dotted path: config}`` of every loss of the focal family under ``node`` (e.g.
+    ``cfg.model``), each config with its ``type`` as mmdet's name (no scope): the paths are the
+    module names the built model gives them (``'bbox_head.loss_cls'``)."""
     found = {}
     if isinstance(node, dict):
-        if node.get('type') in ('FocalLoss', 'mmdet.FocalLoss'):
-            found[path] = {k: copy.deepcopy(v) for k, v in node.items() if k != 'type'}
+        t = family_type(node.get('type'))
+        if t is not None:
+            found[path] = dict({k: copy.deepcopy(v) for k, v in node.items() if k != 'type'},
+                               type=t)
         for k, v in node.items():
-            found.update(focal_loss_configs(v, f'{path}.{k}' if path else str(k)))
+            found.update(family_loss_configs(v, f'{path}.{k}' if path else str(k)))
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
-            found.update(focal_loss_configs(v, f'{path}.{i}'))
+            found.update(family_loss_configs(v, f'{path}.{i}'))
     return found
 
 
+def focal_loss_configs(node, path: str = '') -> dict:
+    """``family_loss_configs`` without the ``type`` entries (the constructor arguments only):
+    ``{dotted path: config}`` of every FocalLoss, QualityFocalLoss and VarifocalLoss."""
+    return {k: {a: v for a, v in c.items() if a != 'type'}
+            for k, c in family_loss_configs(node, path).items()}
+
+
+def loss_types(node) -> list:
+    """mmdet's names of the focal-family losses under ``node`` (e.g. ``cfg.model``), sorted:
+    ``['FocalLoss']`` for RetinaNet, ``['QualityFocalLoss']`` for RTMDet."""
+    return sorted({c['type'] for c in family_loss_configs(node).values()})
+
+
 def scale_focal_loss_weight(node, factor: float) -> int:
-    """Multiply the loss_weight of every FocalLoss under ``node`` by ``factor``."""
+    """Multiply the loss_weight of every FocalLoss, QualityFocalLoss and VarifocalLoss under
+    ``node`` by ``factor``; returns how many."""
     n = 0
     if isinstance(node, dict):
-        if node.get('type') == 'FocalLoss':
+        if family_type(node.get('type')) is not None:
             node['loss_weight'] = node.get('loss_weight', 1.0) * factor
             n += 1
         for v in node.values():

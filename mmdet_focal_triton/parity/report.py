@@ -62,6 +62,15 @@ def device_name(device: str) -> str:
     return f'{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads'
 
 
+def loss_names(report: dict) -> tuple[str, str]:
+    """(mmdet's loss, ours) of a report, e.g. ('QualityFocalLoss', 'TritonQualityFocalLoss'),
+    from its settings' loss types (reports without them: RetinaNet's FocalLoss)."""
+    from ..config_utils import FOCAL_FAMILY
+
+    types = report.get('settings', {}).get('loss_types') or ['FocalLoss']
+    return ' + '.join(types), ' + '.join(FOCAL_FAMILY.get(t, t) for t in types)
+
+
 def fmt(v, spec='.4g'):
     if v is None:
         return 'n/a'
@@ -126,12 +135,13 @@ def write_summary(path: Path, report: dict) -> str:
 
     s, runs = report['settings'], report['runs']
     names = [k for k in ('mmdet', 'ours', 'control') if k in runs]
-    lines = [f"# Parity: mmdet `FocalLoss` vs `TritonFocalLoss`: **{report['status'].upper()}**",
+    theirs, ours = loss_names(report)
+    lines = [f"# Parity: mmdet `{theirs}` vs `{ours}`: **{report['status'].upper()}**",
              '',
              f"`{s['config_name']}` on {s['device']} ({report['device_name']}), precision "
              f"{s['amp']}, {s['iters']} iterations, batch {s['batch_size']}, {s['img_size']}, "
              f"synthetic data {s['num_train']} train / {s['num_val']} val images, seed "
-             f"{s['seed']}, no pretrained weights, TritonFocalLoss backend `{s['backend']}`"
+             f"{s['seed']}, no pretrained weights, {ours} backend `{s['backend']}`"
              + (f", **fault injected: {s['fault']}**" if s.get('fault') else '')
              + f". {report['date']}.", '', '## Checks', '',
              '| check | value | tolerance | result |', '|---|---|---|---|']
@@ -171,7 +181,9 @@ def write_summary(path: Path, report: dict) -> str:
                      f"{fmt(_num(mx['mmdet_grad_rel_err']), '.2e')}; non-finite in "
                      f"{cc['mmdet_nonfinite_calls']} calls.")
         lines.append(f"- Calls checked: {cc['calls']} ({cc['gradients_checked']} with their "
-                     f"gradient) by {', '.join(cov['modules'])}; {cov['empty_calls']} empty, "
+                     f"gradient) of {', '.join(cov.get('loss_types') or [ours])} by "
+                     f"{', '.join(cov['modules'])}; targets "
+                     f"{', '.join(cov.get('target_forms') or [])}; {cov['empty_calls']} empty, "
                      f"{cov['calls_without_positives']} without positives; largest |logit| "
                      f"{cov['max_abs_logit']:.3g}; dtypes {', '.join(cov['dtypes'])}.")
     for label, c in (('ours vs mmdet', report.get('comparison')),
@@ -208,8 +220,10 @@ def summary_table(report: dict):
     from rich.table import Table
 
     status = report['status'].upper()
-    table = Table(title=f"parity: {status} (exit {report['exit_code']}) in "
-                        f"{report['wall_s']:.0f} s", title_justify='left', show_lines=False)
+    theirs, ours = loss_names(report)
+    table = Table(title=f"parity of {ours} with mmdet's {theirs}: {status} (exit "
+                        f"{report['exit_code']}) in {report['wall_s']:.0f} s",
+                  title_justify='left', show_lines=False)
     for col in ('check', 'value', 'tolerance', 'result'):
         table.add_column(col, overflow='fold')
     for r in check_rows(report):
@@ -287,7 +301,8 @@ def plot(path: Path, report: dict) -> None:
     ax3.set(xlabel='iteration', title='|a-b| / max(|a|,|b|) between trainings (reported)')
     ax3.grid(alpha=0.3, which='both')
     s = report['settings']
-    fig.suptitle(f"{s['config_name']} · {s['device']} · amp {s['amp']} · {s['iters']} iterations"
+    fig.suptitle(f"{' vs '.join(loss_names(report))} · {s['config_name']} · {s['device']} · "
+                 f"amp {s['amp']} · {s['iters']} iterations"
                  f" · {report['status']}" + (f" · fault {s['fault']}" if s.get('fault') else ''),
                  fontsize=10)
     fig.tight_layout()

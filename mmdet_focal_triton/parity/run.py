@@ -1,4 +1,9 @@
-"""``run_parity``: train a detector with mmdet's FocalLoss and with TritonFocalLoss, and judge.
+"""``run_parity``: train a detector with mmdet's focal-family loss and with ours, and judge.
+
+The detector (``model``): 'retinanet' (mmdet's ``FocalLoss`` vs ``TritonFocalLoss``; the
+default) or 'rtmdet-tiny' (``QualityFocalLoss`` vs ``TritonQualityFocalLoss``), each with a CPU
+and a GPU config in configs/parity/; an explicit ``config`` wins, and its loss types name the
+sides (any of FocalLoss, QualityFocalLoss, VarifocalLoss).
 
 Both trainings start from bit-identical weights (the first run's initial state_dict is loaded
 into the second and checked by digest), see the same images in the same order with the same
@@ -7,7 +12,8 @@ config is the first after ``swap_focal_loss``). The verdict rests on what is det
 
 1. every call of our loss during its training — each level, each iteration — is compared with
    the float64 evaluation of mmdet's formula on the same inputs, loss and gradient
-   (``FocalLossCheckHook``, ``check_rtol``: 1e-5 in fp32);
+   (``FocalLossCheckHook``, ``check_rtol``: 1e-5 in fp32; class-index, dense and
+   ``(labels, scores)`` targets alike);
 2. iteration 1 of the two trainings (same weights, same batch) agrees to ``first_rtol``, the
    first weight update to ``update_rtol``, the initial weights are bit-identical, every loss is
    finite;
@@ -36,6 +42,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ..config_utils import FOCAL_FAMILY
 from . import config as pcfg
 from .compare import (
     compare_runs,
@@ -47,7 +54,16 @@ from .compare import (
 from .console import RunConsole
 from .report import device_name, fmt, jsonable, plot, summary_table, versions, write_summary
 
-SIDES = {'mmdet': 'FocalLoss', 'ours': 'TritonFocalLoss', 'control': 'FocalLoss'}
+
+def side_names(loss_types) -> dict:
+    """The loss each side trains, by name: mmdet's types ('QualityFocalLoss') for 'mmdet' and
+    'control', ours ('TritonQualityFocalLoss') for 'ours' (joined with ' + ' if several)."""
+    mmdet = ' + '.join(loss_types)
+    return {'mmdet': mmdet, 'ours': ' + '.join(FOCAL_FAMILY[t] for t in loss_types),
+            'control': mmdet}
+
+
+SIDES = side_names(['FocalLoss'])  # RetinaNet's (the default model)
 MAP_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
 EXIT_CODES = {'pass': 0, 'fail': 1, 'reference_failed': 2}
 
@@ -57,7 +73,8 @@ class ParityOptions:
     """What ``run_parity`` does; None means the config's ``parity`` defaults (or the device's
     tolerance defaults, ``parity.config.TOLERANCES``)."""
 
-    config: str | None = None  # None: configs/parity/ of the checkout, by device
+    config: str | None = None  # None: configs/parity/ of the checkout, by model and device
+    model: str = 'retinanet'  # 'retinanet' | 'rtmdet-tiny' (parity.config.MODEL_CONFIGS)
     device: str = 'auto'  # 'auto' | 'cpu' | 'cuda'
     iters: int | None = None
     amp: str = 'none'  # 'none' | 'fp16' | 'bf16' (CUDA)
@@ -70,9 +87,9 @@ class ParityOptions:
     work_dir: str = 'work_dirs/parity'
     seed: int = 0
     data_seed: int = 0
-    backend: str = 'auto'  # TritonFocalLoss backend: 'auto' | 'torch' | 'triton'
+    backend: str = 'auto'  # our losses' backend: 'auto' | 'torch' | 'triton'
     control: str = 'auto'  # 'auto' | 'none' | 'repeat' | 'perturbed'
-    fault: str | None = None  # parity.faults.FAULTS: make our loss deliberately wrong
+    fault: str | None = None  # parity.faults.FAULTS_BY_LOSS: make our loss deliberately wrong
     check_rtol: float | None = None
     first_rtol: float | None = None
     update_rtol: float | None = None
@@ -91,28 +108,31 @@ def run_side(side: str, base_cfg, opts: ParityOptions, tol: dict, work_dir: Path
     from mmdet_focal_triton.config_utils import swap_focal_loss
 
     from .check import FocalLossCheckHook
-    from .faults import FAULTS, FaultInjectionHook
+    from .faults import FaultInjectionHook, check_fault
     from .hooks import ParityRecordHook, ProgressHook, snapshot, unwrap
 
-    rec = {'side': side, 'loss_type': SIDES[side], 'status': 'not run', 'error': None}
+    types = pcfg.loss_types(base_cfg.model)
+    rec = {'side': side, 'loss_type': side_names(types)[side], 'status': 'not run',
+           'error': None}
     cfg = copy.deepcopy(base_cfg)
     hooks = []
     if side == 'ours':
         rec['swapped'] = swap_focal_loss(cfg)
         if rec['swapped'] == 0:
-            raise ValueError(f'{opts.config}: no FocalLoss in cfg.model to swap')
-        check = FocalLossCheckHook(reference=pcfg.focal_loss_configs(base_cfg.model),
+            raise ValueError(f'{opts.config}: no FocalLoss, QualityFocalLoss or VarifocalLoss '
+                             'in cfg.model to swap')
+        check = FocalLossCheckHook(reference=pcfg.family_loss_configs(base_cfg.model),
                                    rtol=tol['check_rtol'])
         hooks.append(check)
         if opts.fault:
             hooks.append(FaultInjectionHook(opts.fault))
-            rec['loss_type'] += f' with a fault: {FAULTS[opts.fault]}'
+            rec['loss_type'] += f' with a fault: {check_fault(opts.fault, types)}'
     if side == 'control':
         rec['control'] = opts.control
         if opts.control in ('perturbed', 'auto'):
             pcfg.scale_focal_loss_weight(cfg.model, 1.0 + pcfg.PERTURBATION)
-            rec['loss_type'] = \
-                f'FocalLoss, loss_weight x (1 + 2^-{round(-math.log2(pcfg.PERTURBATION))})'
+            rec['loss_type'] = (f"{rec['loss_type']}, loss_weight x "
+                                f'(1 + 2^-{round(-math.log2(pcfg.PERTURBATION))})')
     side_dir = work_dir / side
     if side_dir.exists():
         shutil.rmtree(side_dir)
@@ -194,13 +214,17 @@ def _resolve(opts: ParityOptions):
         raise ValueError(f'losses must be both, ours or mmdet, got {opts.losses!r}')
     if opts.control not in ('auto', 'none', 'repeat', 'perturbed'):
         raise ValueError(f'control must be auto, none, repeat or perturbed, got {opts.control!r}')
-    from .faults import FAULTS
+    from .faults import check_fault
 
-    if opts.fault is not None and opts.fault not in FAULTS:
-        raise ValueError(f'fault must be one of {sorted(FAULTS)}, got {opts.fault!r}')
-    config = Path(opts.config) if opts.config else pcfg.default_config(device)
-    pdef = Config.fromfile(str(config)).get('parity', {}) or {}
-    return device, config, pdef
+    config = Path(opts.config) if opts.config else pcfg.default_config(device, opts.model)
+    cfg = Config.fromfile(str(config))
+    types = pcfg.loss_types(cfg.get('model') or {})
+    if not types:
+        raise ValueError(f'{config}: no FocalLoss, QualityFocalLoss or VarifocalLoss in '
+                         'cfg.model: nothing to check')
+    if opts.fault is not None:
+        check_fault(opts.fault, types)
+    return device, config, cfg.get('parity', {}) or {}, types
 
 
 def run_parity(options: ParityOptions | None = None, **kwargs) -> dict:
@@ -212,7 +236,8 @@ def run_parity(options: ParityOptions | None = None, **kwargs) -> dict:
     """
     opts = dataclasses.replace(options or ParityOptions(), **kwargs)
     t_start = time.perf_counter()
-    device, config, pdef = _resolve(opts)
+    model = None if opts.config else opts.model  # an explicit config wins over the model
+    device, config, pdef, types = _resolve(opts)
     opts = dataclasses.replace(opts, config=str(config))
     iters = opts.iters or pdef.get('iters') or 80
     num_train = opts.num_train or pdef.get('num_train', 200)
@@ -230,7 +255,7 @@ def run_parity(options: ParityOptions | None = None, **kwargs) -> dict:
         p.unlink(missing_ok=True)
     with RunConsole(outputs['full log'], verbose=opts.verbose) as con, _torch_settings():
         report = _run(opts, device, config, iters, num_train, num_val, gen_size, tol,
-                      work_dir, con, t_start)
+                      work_dir, con, t_start, model=model, loss_types=types)
         report['outputs'] = {k: str(v) for k, v in outputs.items()}
         report = jsonable(report)
         plot(outputs['plot'], report)
@@ -261,7 +286,7 @@ def _torch_settings():
 
 
 def _run(opts, device, config, iters, num_train, num_val, gen_size, tol, work_dir, con,
-         t_start) -> dict:
+         t_start, model=None, loss_types=('FocalLoss',)) -> dict:
     import torch
 
     from mmdet_focal_triton.datasets import make_synthetic_coco
@@ -269,10 +294,11 @@ def _run(opts, device, config, iters, num_train, num_val, gen_size, tol, work_di
     from .config import build_base_cfg
 
     sides = {'both': ['mmdet', 'ours'], 'ours': ['ours'], 'mmdet': ['mmdet']}[opts.losses]
+    names = side_names(loss_types)
     con.log(f'{config.stem} on {device} ({device_name(device)}), precision {opts.amp}, {iters} '
-            f"iterations per training: {', '.join(f'{s} ({SIDES[s]})' for s in sides)}"
+            f"iterations per training: {', '.join(f'{s} ({names[s]})' for s in sides)}"
             + (f'; FAULT INJECTED into ours: {opts.fault}' if opts.fault else ''))
-    con.log("every call of TritonFocalLoss is checked against mmdet's formula in float64 "
+    con.log(f"every call of {names['ours']} is checked against mmdet's formula in float64 "
             f"(loss and gradient, rtol {tol['check_rtol']:g}); full logs: {con.log_path}")
     if opts.data_root:
         data_root = Path(opts.data_root).absolute()
@@ -286,7 +312,8 @@ def _run(opts, device, config, iters, num_train, num_val, gen_size, tol, work_di
     resize = [t.get('scale') for t in base_cfg.train_dataloader.dataset.get('pipeline', [])
               if isinstance(t, dict) and t.get('type') == 'Resize']
     settings = dict(
-        config=str(config), config_name=config.stem, device=device, amp=opts.amp, iters=iters,
+        config=str(config), config_name=config.stem, model=model,
+        loss_types=list(loss_types), device=device, amp=opts.amp, iters=iters,
         batch_size=base_cfg.train_dataloader.batch_size,
         img_size=f"{gen_size}-px images resized to {tuple(resize[0]) if resize else '?'}",
         num_train=num_train, num_val=num_val, seed=opts.seed, data_seed=opts.data_seed,
@@ -333,7 +360,7 @@ def _run(opts, device, config, iters, num_train, num_val, gen_size, tol, work_di
             reasons.append('per-call check: ' + (
                 f"{cc['failed_calls']} of {cc['calls']} calls differ from mmdet's formula; "
                 f"first at iteration {ff['iteration']} ({ff['module']}): "
-                f"{'; '.join(ff['failures'])}" if ff else 'TritonFocalLoss was never called'))
+                f"{'; '.join(ff['failures'])}" if ff else f"{names['ours']} was never called"))
     if mmdet and ours:
         if mmdet['status'] == 'ok' and ours['status'] == 'ok':
             comparison = compare_runs(mmdet, ours, tol, state['init'])
@@ -361,16 +388,16 @@ def _run(opts, device, config, iters, num_train, num_val, gen_size, tol, work_di
             bad_a = first_nonfinite(mmdet)
             if bad_a and finite_losses(ours) and ours['call_check']['passed']:
                 status = 'reference_failed'  # e.g. mmcv's CUDA op in fp16 (mmcv issue 1488)
-                reasons.insert(0, f'mmdet FocalLoss run: non-finite {bad_a[1]} from iteration '
-                                  f'{bad_a[0]}; ours stayed finite')
+                reasons.insert(0, f"mmdet {names['mmdet']} run: non-finite {bad_a[1]} from "
+                                  f'iteration {bad_a[0]}; ours stayed finite')
         elif ours['status'] == 'ok' and finite_losses(ours) and ours['call_check']['passed']:
             status = 'reference_failed'
-            reasons.append(f"mmdet FocalLoss run failed ({mmdet['error']}); ours completed, "
-                           'finite and checked per call; use losses=ours')
+            reasons.append(f"mmdet {names['mmdet']} run failed ({mmdet['error']}); ours "
+                           'completed, finite and checked per call; use losses=ours')
         else:
             status = 'fail'
-            reasons.append(f"TritonFocalLoss run failed: {ours['error']}" if ours['error']
-                           else 'mmdet FocalLoss run failed: ' + str(mmdet['error']))
+            reasons.append(f"{names['ours']} run failed: {ours['error']}" if ours['error']
+                           else f"mmdet {names['mmdet']} run failed: {mmdet['error']}")
     else:
         only = ours or mmdet
         if only['status'] != 'ok' or not finite_losses(only):

@@ -21,19 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
-def cache(tmp_path_factory):
-    """The synthetic dataset in a cache of the test's own (the user's stays clean)."""
-    path = tmp_path_factory.mktemp('cache')
-    old = os.environ.get('MMDET_FOCAL_TRITON_CACHE')
-    os.environ['MMDET_FOCAL_TRITON_CACHE'] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop('MMDET_FOCAL_TRITON_CACHE')
-    else:
-        os.environ['MMDET_FOCAL_TRITON_CACHE'] = old
-
-
-@pytest.fixture(scope='module')
 def cli_run(cache, tmp_path_factory):
     work = tmp_path_factory.mktemp('parity') / 'work'
     cmd = [sys.executable, str(TOOL), '--device', 'cpu', '--iters', str(ITERS),
