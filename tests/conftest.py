@@ -55,3 +55,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    """The synthetic dataset in a cache of the test module's own (the user's stays clean): the
+    parity runs of tests/parity/."""
+    path = tmp_path_factory.mktemp('cache')
+    old = os.environ.get('MMDET_FOCAL_TRITON_CACHE')
+    os.environ['MMDET_FOCAL_TRITON_CACHE'] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop('MMDET_FOCAL_TRITON_CACHE')
+    else:
+        os.environ['MMDET_FOCAL_TRITON_CACHE'] = old
