@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from . import checks, torch_focal
-from .autograd import grad_buffer_dtype
 from .backend import use_triton
-from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result
+from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
 from .launcher import Kernel, clear_on_retune, current_stream, device_guard, int_class, workspace
 from .spec import NONE, WEIGHT_ELEM, WEIGHT_NONE, WEIGHT_ROW, FocalSpec
 from .tuning import FLAT_MAX_C, launch_config, num_programs
@@ -118,11 +117,7 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     P = min(num_blocks, v.max_programs)
     stream = current_stream(device_index)
     dev = pred2.device
-    loss = None if backward_of_none else torch.empty(loss_shape, dtype=out_dtype, device=dev)
-    # the forward's gradient buffer (float32 for float16 inputs); the backward of 'none'
-    # returns upstream x gradient in pred's dtype
-    gdt = pred2.dtype if backward_of_none else grad_buffer_dtype(pred2.dtype)
-    grad = torch.empty((R, C), dtype=gdt, device=dev) if v.write_grad else None
+    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, v.write_grad)
     ws = workspace(device_index, stream, P, dev) if v.reduce else None
     has_af = avg_factor is not None
     entry = None

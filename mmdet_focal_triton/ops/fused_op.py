@@ -36,6 +36,18 @@ def empty_result(pred, reduction: int, write_grad: bool, scale: float, out_dtype
     return torch.full(loss_shape, fill, dtype=out_dtype, device=dev), grad
 
 
+def new_outputs(pred2, loss_shape, out_dtype, backward_of_none: bool, write_grad: bool):
+    """(loss, grad) buffers of a kernel launch on (R, C)-shaped pred2: the loss (None for the
+    backward of 'none'); the gradient when written: the forward's buffer in
+    `grad_buffer_dtype` (float32 for float16 inputs), the backward of 'none' in pred's dtype
+    (it returns upstream x gradient)."""
+    dev = pred2.device
+    loss = None if backward_of_none else torch.empty(loss_shape, dtype=out_dtype, device=dev)
+    gdt = pred2.dtype if backward_of_none else grad_buffer_dtype(pred2.dtype)
+    grad = torch.empty(pred2.shape, dtype=gdt, device=dev) if write_grad else None
+    return loss, grad
+
+
 def elementwise_loss_shape(spec, pred, avg_factor) -> tuple:
     """The loss's shape for losses whose 'none' is elementwise (focal, varifocal): pred's;
     reduced: avg_factor's (a (1,) avg_factor gives a (1,) loss, as in mmdet), else ()."""

@@ -4,6 +4,7 @@ gradient, as the Triton kernels do them."""
 import torch
 from torch import Tensor
 
+from .autograd import grad_buffer_dtype
 from .checks import LABEL_BIT, PROB_BIT, raise_bad
 from .spec import NONE
 
@@ -24,10 +25,10 @@ def check_now(pred2: Tensor, target: Tensor, index_target: bool, activated: bool
 
 def reduce_and_scale(loss: Tensor, dx: Tensor, scale: float, avg_factor: Tensor | None,
                      reduction: int, write_grad: bool, out_dtype: torch.dtype, loss_shape,
-                     grad_dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+                     pred_dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
     """(loss, grad) from the weighted loss (elementwise, or per row) and its derivative: the
     loss times `scale`, reduced ('none' keeps it) and divided by (avg_factor + eps) when given;
-    the gradient, when asked, with the same factors."""
+    the gradient, when asked, with the same factors, in `grad_buffer_dtype(pred_dtype)`."""
     if reduction == NONE:
         out = (loss * scale).reshape(loss_shape).to(out_dtype)
     else:
@@ -40,5 +41,5 @@ def reduce_and_scale(loss: Tensor, dx: Tensor, scale: float, avg_factor: Tensor 
         g = dx * scale
         if avg_factor is not None:
             g = g / (avg_factor.to(g.dtype).reshape(()) + EPS)
-        grad = g.to(grad_dtype)
+        grad = g.to(grad_buffer_dtype(pred_dtype))
     return out, grad

@@ -4,7 +4,6 @@ are tested against besides float64). The same math as `kernels/focal.py`, evalua
 import torch
 from torch import Tensor
 
-from .autograd import grad_buffer_dtype
 from .spec import WEIGHT_ELEM, WEIGHT_ROW, FocalSpec
 from .torch_common import check_now, reduce_and_scale
 
@@ -108,4 +107,4 @@ def forward(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     if upstream is not None:  # backward of 'none'
         return None, (dx * scale * upstream.to(dx.dtype)).to(pred2.dtype)
     return reduce_and_scale(loss, dx, scale, avg_factor, spec.reduction, spec.write_grad,
-                            out_dtype, loss_shape, grad_buffer_dtype(pred2.dtype))
+                            out_dtype, loss_shape, pred2.dtype)

@@ -6,7 +6,6 @@ formula serves both target forms."""
 import torch
 from torch import Tensor
 
-from .autograd import grad_buffer_dtype
 from .spec import QualityFocalSpec
 from .torch_common import check_now, reduce_and_scale
 
@@ -77,4 +76,4 @@ def forward(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor 
     if upstream is not None:  # backward of 'none'
         return None, (dx * scale * upstream.to(cdt)[:, None]).to(pred2.dtype)
     return reduce_and_scale(row_loss, dx, scale, avg_factor, spec.reduction, spec.write_grad,
-                            out_dtype, loss_shape, grad_buffer_dtype(pred2.dtype))
+                            out_dtype, loss_shape, pred2.dtype)

@@ -4,7 +4,6 @@ float64)."""
 import torch
 from torch import Tensor
 
-from .autograd import grad_buffer_dtype
 from .spec import VarifocalSpec
 from .torch_common import reduce_and_scale
 from .torch_quality_focal import logit_terms, modulate
@@ -35,4 +34,4 @@ def forward(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     if upstream is not None:  # backward of 'none'
         return None, (dx * scale * upstream.to(cdt)).to(pred2.dtype)
     return reduce_and_scale(loss, dx, scale, avg_factor, spec.reduction, spec.write_grad,
-                            out_dtype, loss_shape, grad_buffer_dtype(pred2.dtype))
+                            out_dtype, loss_shape, pred2.dtype)

@@ -13,9 +13,8 @@ import torch
 from torch import Tensor
 
 from . import torch_varifocal
-from .autograd import grad_buffer_dtype
 from .backend import use_triton
-from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result
+from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
 from .launcher import Kernel, current_stream, device_guard, dummy, int_class, workspace
 from .quality_focal import EPS, _misaligned, mod_mode
 from .spec import NONE, VarifocalSpec
@@ -49,11 +48,7 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     reduce = spec.reduction != NONE and not backward_of_none
     write_loss = spec.reduction == NONE and not backward_of_none
     write_grad = spec.write_grad or backward_of_none
-    loss = None if backward_of_none else torch.empty(loss_shape, dtype=out_dtype, device=dev)
-    # the forward's gradient buffer (float32 for float16 inputs); the backward of 'none'
-    # returns upstream x gradient in pred's dtype
-    gdt = pred2.dtype if backward_of_none else grad_buffer_dtype(pred2.dtype)
-    grad = torch.empty((R, C), dtype=gdt, device=dev) if write_grad else None
+    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, write_grad)
     dmy = dummy(device_index, dev)
     if reduce:
         ws = workspace(device_index, stream, P, dev)
