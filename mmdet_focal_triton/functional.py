@@ -55,7 +55,8 @@ def _weight_mode(weight: Tensor | None, pred: Tensor) -> tuple[int, Tensor | Non
         return WEIGHT_ELEM, weight
     N = pred.shape[0]
     if pred.dim() == 2 and weight.dim() >= 1 and weight.shape[0] == N and weight.numel() == N:
-        return WEIGHT_ROW, weight.reshape(N)  # (N,) or (N, 1): one weight per anchor
+        # (N,) or (N, 1): one weight per anchor
+        return WEIGHT_ROW, weight if weight.dim() == 1 else weight.reshape(N)
     if pred.dim() == 2 and weight.numel() == pred.numel() and weight.shape[0] != N:
         return WEIGHT_ELEM, weight.reshape(pred.shape)  # flattened N*C (FSAF)
     raise ValueError(
@@ -67,7 +68,7 @@ def _weight_mode(weight: Tensor | None, pred: Tensor) -> tuple[int, Tensor | Non
 def _out_dtype(pred: Tensor, weight: Tensor | None, avg_factor, reduction: str) -> torch.dtype:
     """The dtype mmdet's FocalLoss returns for these inputs (torch type promotion)."""
     dt = pred.dtype
-    if weight is not None:  # loss * weight, both with dimensions
+    if weight is not None and weight.dtype != dt:  # loss * weight, both with dimensions
         dt = torch.promote_types(dt, weight.dtype)
     if reduction == 'mean' and isinstance(avg_factor, Tensor):
         # loss.sum() (0-d) / (avg_factor + eps): eps turns an integer avg_factor into float32
@@ -169,7 +170,8 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
             af_tensor = avg_factor.detach() if avg_factor.requires_grad else avg_factor
             if af_tensor.get_device() != pred.get_device() or af_tensor.is_cuda != pred.is_cuda:
                 af_tensor = af_tensor.to(pred.device, non_blocking=True)
-        elif isinstance(avg_factor, numbers.Real) and not isinstance(avg_factor, bool):
+        elif type(avg_factor) is float or (isinstance(avg_factor, numbers.Real)
+                                           and not isinstance(avg_factor, bool)):
             af_value = float(avg_factor)
         else:
             raise TypeError('avg_factor must be None, a number or a one-element tensor, got '
@@ -188,7 +190,7 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
     out_dtype = _out_dtype(pred, weight, af_tensor if red == MEAN else None, reduction)
     write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
     check = checks._MODE != 'off' and (index_target or activated)
-    flags = FocalSpec(red, weight_mode, index_target, bool(activated), write_grad, check).pack()
+    flags = FocalSpec.flags(red, weight_mode, index_target, bool(activated), write_grad, check)
     return focal_loss(pred, target, weight, af_tensor if red == MEAN else None, float(gamma),
                       float(alpha), scale, flags, out_dtype)
 
@@ -207,8 +209,12 @@ def _family_avg_factor(avg_factor, reduction: str, pred: Tensor):
                              f'or (1,), got shape {tuple(avg_factor.shape)}')
         if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
             raise TypeError(f'avg_factor must be real, got dtype {avg_factor.dtype}')
-        return avg_factor.detach().to(pred.device, non_blocking=True), None
-    if isinstance(avg_factor, numbers.Real) and not isinstance(avg_factor, bool):
+        af = avg_factor.detach() if avg_factor.requires_grad else avg_factor
+        if af.get_device() != pred.get_device() or af.is_cuda != pred.is_cuda:
+            af = af.to(pred.device, non_blocking=True)
+        return af, None
+    if type(avg_factor) is float or (isinstance(avg_factor, numbers.Real)
+                                     and not isinstance(avg_factor, bool)):
         return None, float(avg_factor)
     raise TypeError('avg_factor must be None, a number or a one-element tensor, got '
                     f'{type(avg_factor).__name__}')
@@ -326,7 +332,7 @@ def quality_focal_loss(pred: Tensor, target, weight: Tensor | None = None,
             raise ValueError('pred must have shape (N, C) with (labels, scores) targets, got '
                              f'{tuple(pred.shape)}')
         N = pred.shape[0]
-        if target.shape != (N,) or score.shape != (N,):
+        if target.dim() != 1 or score.dim() != 1 or target.shape[0] != N or score.shape[0] != N:
             raise ValueError(f'labels and scores must have shape ({N},) for pred of shape '
                              f'{tuple(pred.shape)}, got {tuple(target.shape)} and '
                              f'{tuple(score.shape)}')
@@ -334,7 +340,8 @@ def quality_focal_loss(pred: Tensor, target, weight: Tensor | None = None,
             raise TypeError(f'labels must have an integer dtype, got {target.dtype}')
         if not score.is_floating_point():
             raise TypeError(f'scores must have a floating-point dtype, got {score.dtype}')
-        _no_grad_input('target[1] (scores)', score)
+        if score.requires_grad:
+            _no_grad_input('target[1] (scores)', score)
         index_target = True
         rows_shape = pred.shape[:1]
     else:
@@ -347,8 +354,10 @@ def quality_focal_loss(pred: Tensor, target, weight: Tensor | None = None,
         target2 = target.movedim(1, -1).reshape(-1, C)
     if weight is not None:
         _check_tensor('weight', weight, pred)
-        _no_grad_input('weight', weight)
-        weight = _real_target('weight', weight)
+        if weight.requires_grad:
+            _no_grad_input('weight', weight)
+        if weight.dtype == torch.bool or weight.is_complex():
+            weight = _real_target('weight', weight)
         if weight.shape == rows_shape:  # the common case: one weight per row
             w = weight if weight.dim() == 1 else weight.reshape(-1)
         elif _broadcasts_to(weight.shape, rows_shape):
@@ -376,8 +385,8 @@ def quality_focal_loss(pred: Tensor, target, weight: Tensor | None = None,
     out_dtype = _family_out_dtype(pred.dtype, weight, af_tensor)
     write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
     check = checks._MODE != 'off' and (index_target or activated)
-    flags = QualityFocalSpec(red, w is not None, index_target, bool(activated), write_grad,
-                             check).pack()
+    flags = QualityFocalSpec.flags(red, w is not None, index_target, bool(activated),
+                                   write_grad, check)
     loss = _quality_focal_op(pred2, target2, score, w, af_tensor, float(beta), scale, flags,
                              out_dtype)
     if red == NONE and pred.dim() > 2:
@@ -442,6 +451,6 @@ def varifocal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
     out_dtype = _family_out_dtype(torch.promote_types(pred.dtype, torch.float32), weight,
                                   af_tensor)
     write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
-    flags = VarifocalSpec(red, w is not None, bool(iou_weighted), write_grad).pack()
+    flags = VarifocalSpec.flags(red, w is not None, bool(iou_weighted), write_grad)
     return _varifocal_op(pred, target, w, af_tensor, float(alpha), float(gamma), scale, flags,
                          out_dtype)

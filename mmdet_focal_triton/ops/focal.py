@@ -18,9 +18,9 @@ from torch import Tensor
 from . import checks, torch_focal
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
-from .launcher import Kernel, clear_on_retune, current_stream, device_guard, int_class, workspace
+from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class
 from .spec import NONE, WEIGHT_ELEM, WEIGHT_NONE, WEIGHT_ROW, FocalSpec
-from .tuning import FLAT_MAX_C, launch_config, num_programs
+from .tuning import FLAT_MAX_C, launch_config
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
 _KERNELS = {}  # 'rows' / 'flat' -> launcher.Kernel of kernels/focal.py, created on first use
@@ -36,36 +36,29 @@ def _kernel(layout: str) -> Kernel:
     return k
 
 
-class _Variant:
-    """Everything about a launch that depends only on what the call computes (flags, C, dtype,
-    device, whether the inputs are contiguous and aligned): layout, launch configuration, grid
-    bound, the kernel's compile-time arguments. Built once per variant, so that a call only adds
-    its tensors and sizes."""
+class _Variant(Variant):
+    """Launch data of one variant (launcher.Variant): layout, launch configuration, the kernel's
+    compile-time arguments and the canonical strides of contiguous inputs, all a function of the
+    variant key (flags, C, dtype, device, whether the inputs are contiguous and aligned)."""
 
-    def __init__(self, device_index, flags, check, backward_of_none, gamma_mode, C, dtype,
-                 fast, device):
+    def __init__(self, device_index, flags, check, backward_of_none, gamma_mode, has_af, C,
+                 dtype, fast, device):
         spec = FocalSpec.unpack(flags)
         cfg = launch_config(C, dtype)
-        self.flat = fast and cfg['layout'] == 'flat' and C < FLAT_MAX_C
-        self.kernel = _kernel('flat' if self.flat else 'rows')
-        self.block = cfg['flat_block'] if self.flat else cfg['block_r']
-        self.options = cfg['options']
-        self.max_programs = num_programs(device_index, 2 ** 62, cfg['programs_per_sm'])
-        self.reduce = spec.reduction != NONE and not backward_of_none
-        self.write_loss = spec.reduction == NONE and not backward_of_none
-        self.write_grad = spec.write_grad or backward_of_none
-        self.dummy = torch.zeros(4, dtype=torch.float32, device=device)  # unread pointers
-        self.flag = checks.flag_arg(device_index) if check else self.dummy
-        self.dummy_ptr, self.flag_ptr = self.dummy.data_ptr(), self.flag.data_ptr()
+        flat = fast and cfg['layout'] == 'flat' and C < FLAT_MAX_C
+        super().__init__(_kernel('flat' if flat else 'rows'), cfg,
+                         cfg['flat_block'] if flat else cfg['block_r'], device_index, device,
+                         reduce=spec.reduction != NONE and not backward_of_none,
+                         write_loss=spec.reduction == NONE and not backward_of_none,
+                         write_grad=spec.write_grad or backward_of_none, check=check)
+        self.flat = flat
         fast_math = bool(cfg['fast_math']) and device_index >= 0
-        # the compile-time arguments, but HAS_AF, which the call supplies
-        self.head = (spec.index_target, spec.activated, spec.weight_mode, gamma_mode)
-        if self.flat:
-            self.tail = (backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
-                         cfg['flat_block'], 1024, 1024, fast_math)
+        head = (spec.index_target, spec.activated, spec.weight_mode, gamma_mode, has_af,
+                backward_of_none, self.write_loss, self.reduce, self.write_grad, check)
+        if flat:
+            self.tail = (*head, cfg['flat_block'], 1024, 1024, fast_math)
         else:
-            self.tail = (backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
-                         C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,
+            self.tail = (*head, C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,
                          fast_math)
         sx = (C, 1)
         st = (1, 0) if spec.index_target else sx
@@ -74,17 +67,14 @@ class _Variant:
         su = sx if backward_of_none else (0, 0)
         self.strides = (sx, st, sw, su)  # of contiguous inputs: a function of C alone
 
-    def args(self, ptrs: tuple, strides, R: int, C: int, num_blocks: int, gamma: float,
-             alpha: float, scale: float, has_af: bool) -> tuple:
-        """The kernel's parameters in order. `ptrs`: X, T, W, UP, LOSS, GRAD, OUT, PARTIAL,
-        COUNTER, FLAG, AF, as tensors or as ints."""
+    def args(self, ptrs, call):
+        """`ptrs`: X, T, W, UP, LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF."""
+        strides, R, C, num_blocks, gamma, alpha, scale = call
         if self.flat:
-            return (*ptrs, R, C, 1.0 / C, num_blocks, gamma, alpha, scale, EPS, *self.head,
-                    has_af, *self.tail)
+            return (*ptrs, R, C, 1.0 / C, num_blocks, gamma, alpha, scale, EPS, *self.tail)
         (sx, st, sw, su) = strides
         return (ptrs[0], sx[0], sx[1], ptrs[1], st[0], st[1], ptrs[2], sw[0], sw[1], ptrs[3],
-                su[0], su[1], *ptrs[4:], R, C, num_blocks, gamma, alpha, scale, EPS,
-                *self.head, has_af, *self.tail)
+                su[0], su[1], *ptrs[4:], R, C, num_blocks, gamma, alpha, scale, EPS, *self.tail)
 
 
 _VARIANTS: dict = clear_on_retune({})
@@ -109,50 +99,28 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     fast = (((px | pt | pw | pu | paf) & 15) == 0 and pred2.is_contiguous()
             and target.is_contiguous() and (weight is None or weight.is_contiguous())
             and (upstream is None or upstream.is_contiguous()))
-    vkey = (device_index, flags, check, backward_of_none, gamma_mode, C, pred2.dtype, fast)
+    vkey = (device_index, flags, check, backward_of_none, gamma_mode, avg_factor is not None, C,
+            pred2.dtype, fast)
     v = _VARIANTS.get(vkey)
     if v is None:
         v = _VARIANTS[vkey] = _Variant(*vkey, pred2.device)
     num_blocks = -(-(R * C if v.flat else R) // v.block)
-    P = min(num_blocks, v.max_programs)
-    stream = current_stream(device_index)
-    dev = pred2.device
-    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, v.write_grad)
-    ws = workspace(device_index, stream, P, dev) if v.reduce else None
-    has_af = avg_factor is not None
-    entry = None
     if fast:
-        key = (vkey, int_class(R), int_class(num_blocks), target.dtype,
-               None if weight is None else weight.dtype,
-               None if upstream is None else upstream.dtype,
-               None if avg_factor is None else avg_factor.dtype, out_dtype)
-        entry = v.kernel.compiled.get(key)
-    if entry is not None:  # the direct launch: pointers as ints
-        d = v.dummy_ptr
-        ptrs = (px, pt, pw or d, pu or d, loss.data_ptr() if v.write_loss else d,
-                grad.data_ptr() if v.write_grad else d, loss.data_ptr() if v.reduce else d,
-                ws.partial_ptr if ws else d, ws.counter_ptr if ws else d, v.flag_ptr, paf or d)
-        with device_guard(device_index):
-            v.kernel.run(entry, P, stream, v.args(ptrs, v.strides, R, C, num_blocks, gamma,
-                                                  alpha, scale, has_af))
-    else:  # Triton's JIT launch: compiles (and, when fast, caches the kernel under `key`)
-        d = v.dummy
-        ptrs = (pred2, target, d if weight is None else weight, upstream if backward_of_none
-                else d, loss if v.write_loss else d, grad if v.write_grad else d,
-                loss if v.reduce else d, ws.partial if ws else d, ws.counter if ws else d,
-                v.flag, d if avg_factor is None else avg_factor)
-        if fast:
-            strides = v.strides
-        else:
-            strides = (pred2.stride(),
-                       (target.stride(0), 0) if spec.index_target else target.stride(),
-                       ((0, 0) if weight is None else (weight.stride(0), 0)
-                        if spec.weight_mode == WEIGHT_ROW else weight.stride()),
-                       upstream.stride() if backward_of_none else (0, 0))
-            key = None
-        with device_guard(device_index):
-            v.kernel.launch(key, P, stream, v.args(ptrs, strides, R, C, num_blocks, gamma,
-                                                   alpha, scale, has_af), v.options)
+        strides = v.strides
+        key = (vkey, int_class(R), int_class(num_blocks), target.dtype, dtype_of(weight),
+               dtype_of(upstream), dtype_of(avg_factor), out_dtype)
+    else:
+        strides = (pred2.stride(),
+                   (target.stride(0), 0) if spec.index_target else target.stride(),
+                   ((0, 0) if weight is None else (weight.stride(0), 0)
+                    if spec.weight_mode == WEIGHT_ROW else weight.stride()),
+                   upstream.stride() if backward_of_none else (0, 0))
+        key = None
+    d = v.dummy_ptr
+    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, v.write_grad)
+    v.launch(key, num_blocks, device_index, (pred2, target, weight, upstream, avg_factor),
+             (px, pt, pw or d, pu or d, paf or d), loss, grad,
+             (strides, R, C, num_blocks, gamma, alpha, scale))
     if check and checks._MODE == 'sync':
         checks.wait_and_poll(device_index)
     return loss, grad

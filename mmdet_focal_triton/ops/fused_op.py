@@ -21,6 +21,9 @@ import torch
 from .autograd import backward, grad_buffer_dtype, stash
 from .spec import NONE
 
+_functorch_active = torch._C._are_functorch_transforms_active
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
 
 def empty_result(pred, reduction: int, write_grad: bool, scale: float, out_dtype, loss_shape,
                  upstream=None):
@@ -41,11 +44,15 @@ def new_outputs(pred2, loss_shape, out_dtype, backward_of_none: bool, write_grad
     backward of 'none'); the gradient when written: the forward's buffer in
     `grad_buffer_dtype` (float32 for float16 inputs), the backward of 'none' in pred's dtype
     (it returns upstream x gradient)."""
-    dev = pred2.device
-    loss = None if backward_of_none else torch.empty(loss_shape, dtype=out_dtype, device=dev)
-    gdt = pred2.dtype if backward_of_none else grad_buffer_dtype(pred2.dtype)
-    grad = torch.empty(pred2.shape, dtype=gdt, device=dev) if write_grad else None
-    return loss, grad
+    loss = (None if backward_of_none
+            else torch.empty(loss_shape, dtype=out_dtype, device=pred2.device))
+    if not write_grad:
+        return loss, None
+    dt = pred2.dtype
+    gdt = dt if backward_of_none else grad_buffer_dtype(dt)
+    if gdt == dt and pred2.is_contiguous():
+        return loss, torch.empty_like(pred2)  # the cheapest allocation to issue
+    return loss, torch.empty(pred2.shape, dtype=gdt, device=pred2.device)
 
 
 def elementwise_loss_shape(spec, pred, avg_factor) -> tuple:
@@ -89,6 +96,10 @@ class FusedLossOp:
         self.traced = getattr(torch.ops.mmdet_focal_triton, name)
         self.traced_none = getattr(torch.ops.mmdet_focal_triton, f'{name}_none_backward')
         self.Function = self._make_function(''.join(w.title() for w in name.split('_')))
+        # Function.apply without its Python wrapper, which binds default arguments (ours have
+        # none) and unwraps functorch's dead wrappers (tensors leaked out of a finished
+        # torch.func transform: __call__ leaves those to the wrapper)
+        self._apply = torch._C._FunctionBase.__dict__['apply'].__get__(None, self.Function)
 
     # ---- the implementation --------------------------------------------------------------
     def none_backward(self, upstream, *args):
@@ -145,4 +156,7 @@ class FusedLossOp:
         """The loss from the op's arguments, differentiable in `pred`."""
         if self.force_op() or torch.compiler.is_compiling():
             return self.traced(*args)[0]
-        return self.Function.apply(*args[:self.n_tensors], args[self.n_tensors:])
+        n = self.n_tensors
+        if _functorch_active() or _wrapped(args[0]) or _wrapped(args[1]):  # torch.func
+            return self.Function.apply(*args[:n], args[n:])
+        return self._apply(*args[:n], args[n:])

@@ -24,6 +24,8 @@ import contextlib
 import torch
 
 from .backend import INTERPRETER
+from .checks import flag_arg
+from .tuning import num_programs
 
 _KERNELS = []  # every Kernel, for clear_cache()
 _CACHES = []  # per-variant launch data of the ops, for clear_cache()
@@ -115,6 +117,23 @@ def int_class(v: int) -> int:
     return (1 if v == 1 else 16 if v % 16 == 0 else 0) + (64 if not -2 ** 31 <= v < 2 ** 31 else 0)
 
 
+def misaligned(ptrs: tuple) -> int:
+    """One bit per pointer (an int, 0 for none) that is not 16-byte aligned: part of a launch
+    key, since Triton specialises each pointer argument on its alignment. 0 in the training case
+    (one OR of all of them)."""
+    acc = 0
+    for p in ptrs:
+        acc |= p
+    if not acc & 15:
+        return 0
+    return sum(1 << i for i, p in enumerate(ptrs) if p & 15)
+
+
+def dtype_of(t):
+    """A tensor argument's dtype in a launch key (None for none)."""
+    return None if t is None else t.dtype
+
+
 _DUMMIES: dict = {}
 
 
@@ -139,3 +158,65 @@ def device_guard(device_index: int):
 
 def current_stream(device_index: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device_index) if device_index >= 0 else 0
+
+
+class Variant:
+    """The launch data of one variant of a fused loss's kernel: what depends only on what a call
+    computes before it allocates anything (the loss's flags, C, the dtype, the device, whether
+    the inputs have canonical strides). Each loss subclasses it with `args`, the kernel's
+    parameters in order, and caches one per variant key, so that a call only adds its tensors
+    and sizes.
+
+    Every fused kernel takes its pointer arguments in one order: the inputs it reads (pred,
+    targets, weights, the upstream gradient of 'none'), then LOSS, GRAD, OUT, PARTIAL, COUNTER,
+    the check FLAG (for the losses that check their inputs), and AF (the avg_factor tensor).
+    `launch` assembles them, as ints for the direct launch of a cached kernel and as tensors for
+    Triton's JIT launch (which compiles, and caches the kernel under the call's key)."""
+
+    def __init__(self, kernel: Kernel, cfg: dict, block: int, device_index: int, device,
+                 reduce: bool, write_loss: bool, write_grad: bool, check: bool | None):
+        self.kernel = kernel
+        self.options = cfg['options']
+        self.block = block  # rows (or elements) per block of the persistent grid
+        self.max_programs = num_programs(device_index, 2 ** 62, cfg['programs_per_sm'])
+        self.reduce, self.write_loss, self.write_grad = reduce, write_loss, write_grad
+        self.device = device
+        self.dummy = dummy(device_index, device)  # the pointer arguments a variant ignores
+        self.dummy_ptr = self.dummy.data_ptr()
+        # check None: the kernel has no FLAG argument
+        self.flag = () if check is None else (flag_arg(device_index) if check else self.dummy,)
+        self.flag_ptr = tuple(t.data_ptr() for t in self.flag)
+
+    def args(self, ptrs: tuple, call: tuple) -> tuple:  # pragma: no cover - abstract
+        """The kernel's parameters in order, from its pointer arguments `ptrs` (tensors or
+        ints) and what the loss's `_launch` passed as `call`."""
+        raise NotImplementedError
+
+    def launch(self, key, num_blocks: int, device_index: int, inputs: tuple, ptrs: tuple,
+               loss, grad, call: tuple) -> None:
+        """Launch the kernel on a persistent grid over `num_blocks` blocks. `inputs`: the
+        kernel's input pointer arguments and AF last, as tensors (None where unread); `ptrs`:
+        the same as ints (the dummy's where unread); loss, grad: the outputs (or None); `key`:
+        the compiled kernel's key (None: Triton's JIT path, e.g. for non-canonical strides)."""
+        P = min(num_blocks, self.max_programs)
+        stream = current_stream(device_index)
+        ws = workspace(device_index, stream, P, self.device) if self.reduce else None
+        entry = self.kernel.compiled.get(key) if key is not None else None
+        if entry is not None:  # the direct launch: pointers as ints
+            d = self.dummy_ptr
+            lp = d if loss is None else loss.data_ptr()
+            outs = (lp if self.write_loss else d, grad.data_ptr() if self.write_grad else d,
+                    lp if self.reduce else d, ws.partial_ptr if ws else d,
+                    ws.counter_ptr if ws else d, *self.flag_ptr)
+            args = self.args(ptrs[:-1] + outs + ptrs[-1:], call)
+            with device_guard(device_index):
+                self.kernel.run(entry, P, stream, args)
+            return
+        d = self.dummy
+        ins = tuple(d if t is None else t for t in inputs)
+        outs = (loss if self.write_loss else d, grad if self.write_grad else d,
+                loss if self.reduce else d, ws.partial if ws else d, ws.counter if ws else d,
+                *self.flag)
+        args = self.args(ins[:-1] + outs + ins[-1:], call)
+        with device_guard(device_index):
+            self.kernel.launch(key, P, stream, args, self.options)

@@ -18,9 +18,9 @@ from torch import Tensor
 from . import checks, torch_quality_focal
 from .backend import use_triton
 from .fused_op import FusedLossOp, empty_result, new_outputs
-from .launcher import Kernel, current_stream, device_guard, dummy, int_class, workspace
+from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class, misaligned
 from .spec import NONE, QualityFocalSpec
-from .tuning import launch_config, num_programs
+from .tuning import launch_config
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
 _KERNEL = None  # launcher.Kernel of kernels.quality_focal.quality_focal_loss_kernel
@@ -40,14 +40,33 @@ def mod_mode(expo: float) -> int:
     return 0 if expo == 0.0 else 2 if expo == 2.0 else 1
 
 
-def _misaligned(*tensors) -> int:
-    """One bit per tensor (None: 0) whose data is not 16-byte aligned: part of a launch key,
-    since Triton specialises each pointer on its own alignment."""
-    bits = 0
-    for i, t in enumerate(tensors):
-        if t is not None and t.data_ptr() & 15:
-            bits |= 1 << i
-    return bits
+class _Variant(Variant):
+    """Launch data of one variant (launcher.Variant): the constexpr arguments, block shape and
+    canonical strides of contiguous inputs, a function of the variant key alone."""
+
+    def __init__(self, device_index, flags, check, backward_of_none, mod, has_af, C, dtype,
+                 canonical, device):
+        spec = QualityFocalSpec.unpack(flags)
+        cfg = launch_config(C, dtype)
+        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device,
+                         reduce=spec.reduction != NONE and not backward_of_none,
+                         write_loss=spec.reduction == NONE and not backward_of_none,
+                         write_grad=spec.write_grad or backward_of_none, check=check)
+        self.tail = (spec.index_target, spec.activated, spec.weighted, mod, has_af,
+                     backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
+                     C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,
+                     bool(cfg['fast_math']) and device_index >= 0)
+        self.sx = (C, 1)  # canonical strides of contiguous pred and targets
+        self.st = (1, 0) if spec.index_target else self.sx
+
+    def args(self, ptrs, call):
+        X, T, S, W, UP, LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF = ptrs
+        sx, st, ss, sw, su, R, C, num_row_blocks, beta, scale = call
+        return (X, sx[0], sx[1], T, st[0], st[1], S, ss, W, sw, UP, su, LOSS, GRAD, OUT, PARTIAL,
+                COUNTER, FLAG, AF, R, C, num_row_blocks, beta, scale, EPS, *self.tail)
+
+
+_VARIANTS: dict = clear_on_retune({})
 
 
 def _launch(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor | None,
@@ -56,63 +75,41 @@ def _launch(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor 
             device_index: int):
     """Run the fused kernel on (R, C)-shaped pred2: returns (loss, grad)."""
     R, C = pred2.shape
-    dev = pred2.device
-    cfg = launch_config(C, pred2.dtype)
-    block_r, block_c = cfg['block_r'], cfg['block_c']
-    num_row_blocks = -(-R // block_r)
-    P = num_programs(device_index, num_row_blocks, cfg['programs_per_sm'])
-    stream = current_stream(device_index)
     backward_of_none = upstream is not None
-    reduce = spec.reduction != NONE and not backward_of_none
-    write_loss = spec.reduction == NONE and not backward_of_none
-    write_grad = spec.write_grad or backward_of_none
     check = spec.check and checks._MODE != 'off'
-    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, write_grad)
-    dmy = dummy(device_index, dev)
-    if reduce:
-        ws = workspace(device_index, stream, P, dev)
-        partial, counter = ws.partial, ws.counter
-    else:
-        partial = counter = dmy
-    index = spec.index_target
     # one-row vectors: the stride of a single row is never used, 0 keeps the key canonical
+    ss = 0 if score is None or R == 1 else score.stride(0)
     sw = 0 if weight is None or R == 1 else weight.stride(0)
     su = 0 if upstream is None or R == 1 else upstream.stride(0)
-    ss = 0 if score is None or R == 1 else score.stride(0)
     # Contiguous inputs (the training case) get canonical strides, a function of C and the
     # flags: with the dtypes, alignments and the vectors' strides (0 or 1) they make the key of
     # the compiled kernel (launcher.py). Anything else takes Triton's JIT path.
-    if (pred2.is_contiguous() and target.is_contiguous() and C < 2 ** 31 and sw in (0, 1)
-            and su in (0, 1) and ss in (0, 1)):
-        sx = (C, 1)
-        st = (1, 0) if index else sx
-        key = (device_index, flags, check, backward_of_none, mod_mode(beta), C, int_class(R),
-               int_class(num_row_blocks), pred2.dtype, target.dtype,
-               None if score is None else score.dtype, None if weight is None else weight.dtype,
-               None if upstream is None else upstream.dtype,
-               None if avg_factor is None else avg_factor.dtype, out_dtype, sw, su, ss,
-               _misaligned(pred2, target, score, weight, upstream, avg_factor))
+    canonical = (pred2.is_contiguous() and target.is_contiguous() and ss in (0, 1)
+                 and sw in (0, 1) and su in (0, 1))
+    vkey = (device_index, flags, check, backward_of_none, mod_mode(beta),
+            avg_factor is not None, C, pred2.dtype, canonical)
+    v = _VARIANTS.get(vkey)
+    if v is None:
+        v = _VARIANTS[vkey] = _Variant(*vkey, pred2.device)
+    d = v.dummy_ptr
+    ptrs = (pred2.data_ptr(), target.data_ptr(), d if score is None else score.data_ptr(),
+            d if weight is None else weight.data_ptr(),
+            d if upstream is None else upstream.data_ptr(),
+            d if avg_factor is None else avg_factor.data_ptr())
+    num_row_blocks = -(-R // v.block)
+    if canonical:
+        sx, st = v.sx, v.st
+        key = (vkey, int_class(R), int_class(num_row_blocks), target.dtype, dtype_of(score),
+               dtype_of(weight), dtype_of(upstream), dtype_of(avg_factor), out_dtype, ss, sw, su,
+               misaligned(ptrs))
     else:
         sx = pred2.stride()
-        st = (target.stride(0), 0) if index else target.stride()
+        st = (target.stride(0), 0) if spec.index_target else target.stride()
         key = None
-    args = (
-        pred2, sx[0], sx[1], target, st[0], st[1],
-        dmy if score is None else score, ss,
-        dmy if weight is None else weight, sw,
-        dmy if upstream is None else upstream, su,
-        loss if write_loss else dmy,
-        grad if write_grad else dmy,
-        loss if reduce else dmy, partial, counter,
-        checks.flag_arg(device_index) if check else dmy,
-        dmy if avg_factor is None else avg_factor,
-        R, C, num_row_blocks, beta, scale, EPS,
-        index, spec.activated, spec.weighted, mod_mode(beta), avg_factor is not None,
-        backward_of_none, write_loss, reduce, write_grad, check, C % block_c == 0, block_r,
-        block_c, 1024, bool(cfg['fast_math']) and device_index >= 0,
-    )
-    with device_guard(device_index):
-        _kernel().launch(key, P, stream, args, cfg['options'])
+    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, v.write_grad)
+    v.launch(key, num_row_blocks, device_index,
+             (pred2, target, score, weight, upstream, avg_factor), ptrs, loss, grad,
+             (sx, st, ss, sw, su, R, C, num_row_blocks, beta, scale))
     if check and checks._MODE == 'sync':
         checks.wait_and_poll(device_index)
     return loss, grad

@@ -31,9 +31,23 @@ def unpack(cls, flags: int):
     return cls(*values)
 
 
+def _cached_pack():
+    cache = {}
+
+    def flags(*values) -> int:
+        f = cache.get(values)
+        if f is None:
+            f = cache[values] = pack(values)
+        return f
+    return flags
+
+
 def packed(cls):
-    """Give a spec NamedTuple `spec.pack()` and `Spec.unpack(flags)` (cached)."""
+    """Give a spec NamedTuple `spec.pack()`, `Spec.flags(*values)` (the same int from the
+    field values, cached: what a call computes, without building the tuple) and
+    `Spec.unpack(flags)` (cached)."""
     cls.pack = pack
+    cls.flags = staticmethod(_cached_pack())
     cls.unpack = classmethod(unpack)
     return cls
 

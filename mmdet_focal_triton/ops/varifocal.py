@@ -15,10 +15,10 @@ from torch import Tensor
 from . import torch_varifocal
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
-from .launcher import Kernel, current_stream, device_guard, dummy, int_class, workspace
-from .quality_focal import EPS, _misaligned, mod_mode
+from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class, misaligned
+from .quality_focal import EPS, mod_mode
 from .spec import NONE, VarifocalSpec
-from .tuning import launch_config, num_programs
+from .tuning import launch_config
 
 _KERNEL = None  # launcher.Kernel of kernels.varifocal.varifocal_loss_kernel
 
@@ -32,29 +32,42 @@ def _kernel() -> Kernel:
     return _KERNEL
 
 
+class _Variant(Variant):
+    """Launch data of one variant (launcher.Variant): the constexpr arguments, block shape and
+    canonical strides of contiguous inputs, a function of the variant key alone."""
+
+    def __init__(self, device_index, flags, backward_of_none, mod, has_af, wmode, C, dtype,
+                 canonical, device):
+        spec = VarifocalSpec.unpack(flags)
+        cfg = launch_config(C, dtype)
+        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device,
+                         reduce=spec.reduction != NONE and not backward_of_none,
+                         write_loss=spec.reduction == NONE and not backward_of_none,
+                         write_grad=spec.write_grad or backward_of_none, check=None)
+        self.tail = (spec.iou_weighted, wmode, mod, has_af, backward_of_none, self.write_loss,
+                     self.reduce, self.write_grad, C % cfg['block_c'] == 0, cfg['block_r'],
+                     cfg['block_c'], 1024, bool(cfg['fast_math']) and device_index >= 0)
+        self.sx = (C, 1)  # canonical strides of contiguous pred, target and upstream
+        self.su = self.sx if backward_of_none else (0, 0)
+
+    def args(self, ptrs, call):
+        X, T, W, UP, LOSS, GRAD, OUT, PARTIAL, COUNTER, AF = ptrs
+        sx, st, sw, su, R, C, num_row_blocks, alpha, gamma, scale = call
+        return (X, sx[0], sx[1], T, st[0], st[1], W, sw[0], sw[1], UP, su[0], su[1], LOSS, GRAD,
+                OUT, PARTIAL, COUNTER, AF, R, C, num_row_blocks, alpha, gamma, scale, EPS,
+                *self.tail)
+
+
+_VARIANTS: dict = clear_on_retune({})
+
+
 def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Tensor | None,
             upstream: Tensor | None, alpha: float, gamma: float, scale: float,
             spec: VarifocalSpec, flags: int, out_dtype: torch.dtype, loss_shape: tuple,
             device_index: int):
     """Run the fused kernel on (R, C)-shaped pred2 / target / weight: returns (loss, grad)."""
     R, C = pred2.shape
-    dev = pred2.device
-    cfg = launch_config(C, pred2.dtype)
-    block_r, block_c = cfg['block_r'], cfg['block_c']
-    num_row_blocks = -(-R // block_r)
-    P = num_programs(device_index, num_row_blocks, cfg['programs_per_sm'])
-    stream = current_stream(device_index)
     backward_of_none = upstream is not None
-    reduce = spec.reduction != NONE and not backward_of_none
-    write_loss = spec.reduction == NONE and not backward_of_none
-    write_grad = spec.write_grad or backward_of_none
-    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, write_grad)
-    dmy = dummy(device_index, dev)
-    if reduce:
-        ws = workspace(device_index, stream, P, dev)
-        partial, counter = ws.partial, ws.counter
-    else:
-        partial = counter = dmy
     if weight is None:
         sw, wmode = (0, 0), 0
     else:  # a single row's / column's stride is never used: 0 keeps the key canonical
@@ -63,36 +76,31 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     # Contiguous inputs get canonical strides (a function of C); weights broadcast per row,
     # per column or for all have fixed strides too: with the dtypes and alignments they make the
     # key of the compiled kernel (launcher.py). Anything else takes Triton's JIT path.
-    if (pred2.is_contiguous() and target.is_contiguous() and C < 2 ** 31
-            and (upstream is None or upstream.is_contiguous())
-            and sw in ((0, 0), (1, 0), (0, 1), (C, 1))):
-        sx = st = (C, 1)
-        su = sx if backward_of_none else (0, 0)
-        key = (device_index, flags, backward_of_none, mod_mode(gamma), C, int_class(R),
-               int_class(num_row_blocks), pred2.dtype, target.dtype,
-               None if weight is None else weight.dtype, sw,
-               None if upstream is None else upstream.dtype,
-               None if avg_factor is None else avg_factor.dtype, out_dtype,
-               _misaligned(pred2, target, weight, upstream, avg_factor))
+    canonical = (pred2.is_contiguous() and target.is_contiguous()
+                 and (upstream is None or upstream.is_contiguous())
+                 and sw in ((0, 0), (1, 0), (0, 1), (C, 1)))
+    vkey = (device_index, flags, backward_of_none, mod_mode(gamma), avg_factor is not None,
+            wmode, C, pred2.dtype, canonical)
+    v = _VARIANTS.get(vkey)
+    if v is None:
+        v = _VARIANTS[vkey] = _Variant(*vkey, pred2.device)
+    d = v.dummy_ptr
+    ptrs = (pred2.data_ptr(), target.data_ptr(), d if weight is None else weight.data_ptr(),
+            d if upstream is None else upstream.data_ptr(),
+            d if avg_factor is None else avg_factor.data_ptr())
+    num_row_blocks = -(-R // v.block)
+    if canonical:
+        sx = st = v.sx
+        su = v.su
+        key = (vkey, int_class(R), int_class(num_row_blocks), target.dtype, dtype_of(weight), sw,
+               dtype_of(upstream), dtype_of(avg_factor), out_dtype, misaligned(ptrs))
     else:
         sx, st = pred2.stride(), target.stride()
         su = upstream.stride() if backward_of_none else (0, 0)
         key = None
-    args = (
-        pred2, sx[0], sx[1], target, st[0], st[1],
-        dmy if weight is None else weight, sw[0], sw[1],
-        upstream if backward_of_none else dmy, su[0], su[1],
-        loss if write_loss else dmy,
-        grad if write_grad else dmy,
-        loss if reduce else dmy, partial, counter,
-        dmy if avg_factor is None else avg_factor,
-        R, C, num_row_blocks, alpha, gamma, scale, EPS,
-        spec.iou_weighted, wmode, mod_mode(gamma), avg_factor is not None, backward_of_none,
-        write_loss, reduce, write_grad, C % block_c == 0, block_r, block_c, 1024,
-        bool(cfg['fast_math']) and device_index >= 0,
-    )
-    with device_guard(device_index):
-        _kernel().launch(key, P, stream, args, cfg['options'])
+    loss, grad = new_outputs(pred2, loss_shape, out_dtype, backward_of_none, v.write_grad)
+    v.launch(key, num_row_blocks, device_index, (pred2, target, weight, upstream, avg_factor),
+             ptrs, loss, grad, (sx, st, sw, su, R, C, num_row_blocks, alpha, gamma, scale))
     return loss, grad
 
 

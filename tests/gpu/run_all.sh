@@ -18,6 +18,11 @@
 #   bash tests/gpu/run_all.sh parity-all # parity + parity_faults + accuracy, concurrently (< 10 min)
 #   bash tests/gpu/run_all.sh fp16       # float16 gradients: CUDA tests + RetinaNet fp16 parity (~4 min)
 #   bash tests/gpu/run_all.sh rtmdet     # RTMDet-tiny parity, fp32 (both) and bf16 (ours) (< 7 min)
+#   bash tests/gpu/run_all.sh launch     # the launch path: launch tests, focal + family CUDA
+#                                        # grids; RTMDet-tiny fp32 parity, both losses (< 9 min)
+#   bash tests/gpu/run_all.sh host-round # host us vs the previous version (.baseline) and the
+#                                        # floor, focal / QFL / VFL; QFL host mode (< 9.5 min)
+#   bash tests/gpu/run_all.sh family-round  # VFL host mode, QFL / VFL wall, RTMDet-tiny e2e
 #   bash tests/gpu/run_all.sh quick      # one call validating a change of the ops: newest focal
 #                                        # tests, family grid, parity fp32, accuracy, key benches
 # The offline machine needs the carried wheels: source tests/gpu/setup_env.sh (done here).
@@ -244,6 +249,64 @@ case "$stage" in
       grep -E ': ok in|: failed|FAILED|PASS|FAIL|failed:|│' "$OUT/parity_rtmdet_$amp.out" \
           | cut -c1-240
     done
+    ;;
+  launch)
+    # this round's launch path (launcher.Variant shared by the three losses, direct launches
+    # for the whole family, the C-level Function.apply, the retained-graph guard) on the GPU:
+    # RTMDet-tiny fp32 parity with both losses in the background (verdicts only); the launch
+    # tests, then the focal and family CUDA grids (< 9 min)
+    ( t0=$SECONDS; timeout 420 python3 tools/parity.py --device cuda --model rtmdet-tiny \
+          --work-dir "$OUT/parity_rtmdet_none" > "$OUT/parity_rtmdet_none.out" 2>&1
+      echo "exit $? after $((SECONDS - t0)) s" >> "$OUT/parity_rtmdet_none.out" ) &
+    timeout 90 python3 -m pytest tests/test_launch_path.py tests/test_op_registration.py -q \
+        -n 6 -p no:cacheprovider > "$OUT/launch_tests.log" 2>&1
+    echo "launch tests: $(grep -E 'passed|failed' "$OUT/launch_tests.log" | tail -1)"
+    grep -E '^FAILED|Error' "$OUT/launch_tests.log" | head -n 8
+    timeout 230 python3 -m pytest tests/test_functional.py tests/test_bad_inputs.py -m cuda -q \
+        -n 12 -p no:cacheprovider > "$OUT/focal_grid.log" 2>&1
+    echo "focal grid: $(grep -E 'passed|failed' "$OUT/focal_grid.log" | tail -1)"
+    grep -E '^FAILED' "$OUT/focal_grid.log" | head -n 8
+    timeout 180 python3 -m pytest tests/test_quality_focal.py tests/test_varifocal.py \
+        tests/test_family_bad_inputs.py tests/test_family_heads.py tests/test_fp16_gradient.py \
+        -m cuda -q -n 12 -p no:cacheprovider > "$OUT/family_grid.log" 2>&1
+    echo "family grid: $(grep -E 'passed|failed' "$OUT/family_grid.log" | tail -1)"
+    grep -E '^FAILED' "$OUT/family_grid.log" | head -n 8
+    wait
+    echo "== rtmdet fp32 (both): $(tail -n 1 "$OUT/parity_rtmdet_none.out")"
+    grep -E ': ok in|: failed|FAILED|PASS|FAIL|failed:|│' "$OUT/parity_rtmdet_none.out" \
+        | cut -c1-240 | tail -n 30
+    ;;
+  host-round)
+    # host time per loss + backward of this checkout against the previous version (.baseline,
+    # made by tools/dev/make_baseline.sh and carried), the floor pattern and mmdet, in
+    # interleaved rounds (tools/dev/host_probe.py); then tools/benchmark.py's host mode for QFL
+    # with its peers (torch.compile included) (< 9.5 min)
+    [ -d .baseline/mft_old ] && base="--baseline .baseline" || base=""
+    timeout 150 python3 tools/dev/host_probe.py $base --dtypes fp32 bf16 2>&1 \
+        | grep -v -i warn | tee "$OUT/probe_focal.log" | tail -n 18
+    for loss in qfl vfl; do
+      timeout 90 python3 tools/dev/host_probe.py --loss $loss $base --dtypes fp32 bf16 2>&1 \
+          | grep -v -i warn | tee "$OUT/probe_$loss.log" | tail -n 18
+    done
+    timeout 200 python3 tools/benchmark.py --loss qfl --mode host --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_qfl_host.log" | tail -22
+    ;;
+  family-round)
+    # VFL host mode with its peers, QFL / VFL wall time at the largest levels, RTMDet-tiny's
+    # training step fp32 and bf16 (< 8 min)
+    timeout 150 python3 tools/benchmark.py --loss vfl --mode host --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_vfl_host.log" | tail -10
+    timeout 40 python3 tools/benchmark.py --loss qfl --shapes 204800x80 --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_qfl_wall.log" | tail -8
+    timeout 40 python3 tools/benchmark.py --loss vfl --shapes 358400x80 --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/family_vfl_wall.log" | tail -8
+    timeout 200 python3 tools/benchmark_e2e.py --model rtmdet-tiny --batch 32 \
+        --precision fp32 bf16 --variants mmdet ours zero --warmup 3 --steps 20 --rounds 3 \
+        --profile-steps 3 --out-dir "$OUT" 2>&1 | tee "$OUT/family_e2e.log" | tail -12
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Host and GPU cost of one loss + backward, side by side: this checkout's op against another
-version of it (a copy of an older `mmdet_focal_triton` with its ops renamed, `--baseline DIR`),
-the floor pattern of an eager op, and `x.sigmoid().sum()`. For notes/perf.md.
+version of it (a copy of an older `mmdet_focal_triton` with its ops renamed, `--baseline DIR`,
+made by `tools/dev/make_baseline.sh REV DIR`), the floor pattern of an eager op, and
+`x.sigmoid().sum()`. For notes/perf.md. `--loss qfl|vfl`: the family's modules instead, with
+mmdet's, at the family's benchmark shapes (paired ratios to the floor and the baseline).
 
 Per shape and dtype (RetinaNet R50-FPN levels at batch 2, 800x1344, plus 2.4Mx80 and 300kx1203):
   host_us    host time per call: a loop of `x.grad = None; loss(...).backward()` without a
@@ -60,22 +62,102 @@ def inputs(N, C, dtype, seed=0):
     return x, lab, w, 37.0
 
 
-def host_us(steps: dict, blocks=15, per_block=40) -> dict:
-    """Median host time per call of each step, the steps timed in interleaved blocks (so that
-    the host's drift hits all of them alike)."""
+def host_blocks(steps: dict, blocks=15, per_block=40) -> dict:
+    """Host time per call of each step in each of `blocks` rounds, the steps timed in
+    interleaved blocks (so that the host's drift hits all of them alike; the order alternates)."""
     for step in steps.values():
         for _ in range(5):
             step()
     times = {k: [] for k in steps}
-    for _ in range(blocks):
-        for name, step in steps.items():
-            torch.cuda.synchronize()
+    for i in range(blocks):
+        for name, step in (list(steps.items())[::-1] if i % 2 else steps.items()):
+            _sync()
             t = time.perf_counter()
             for _ in range(per_block):
                 step()
             times[name].append((time.perf_counter() - t) / per_block * 1e6)
-    torch.cuda.synchronize()
-    return {k: statistics.median(v) for k, v in times.items()}
+    _sync()
+    return times
+
+
+def host_us(steps: dict, blocks=15, per_block=40) -> dict:
+    """Median host time per call of each step (`host_blocks`)."""
+    return {k: statistics.median(v) for k, v in host_blocks(steps, blocks, per_block).items()}
+
+
+def paired(times: dict, a: str, b: str) -> float:
+    """Median over rounds of a's host time over b's in the same round."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def family_main(loss: str, baseline: bool, dtypes, quick: bool = False) -> None:
+    """--loss qfl / vfl: the module of this checkout against the baseline's (same inputs, the
+    family's benchmark shapes), the floor pattern, and mmdet's module; host µs per loss +
+    backward in interleaved rounds, with paired ratios."""
+    import mmdet_focal_triton as mft
+    from mmdet_focal_triton.benchmark.losses import quality_focal, varifocal
+
+    fam = {'qfl': quality_focal, 'vfl': varifocal}[loss]
+    cls = {'qfl': 'TritonQualityFocalLoss', 'vfl': 'TritonVarifocalLoss'}[loss]
+    impls = {'ours': getattr(mft, cls)()}
+    if baseline:
+        import mft_old
+
+        impls['baseline'] = getattr(mft_old, cls)()
+    from mmdet.models.losses import QualityFocalLoss, VarifocalLoss
+
+    mmdet_mod = QualityFocalLoss() if loss == 'qfl' else VarifocalLoss()
+    impls['mmdet'] = (quality_focal.scores_in_pred_dtype(mmdet_mod) if loss == 'qfl'
+                      else mmdet_mod)
+    dts = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+    print(f"{'shape':<22}{'dtype':<6}" + ''.join(f'{k:>10}' for k in [*impls, 'floor'])
+          + '  ours/floor  ours/base  mmdet/ours(wall)', flush=True)
+    dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    for name, N, C in fam.default_shapes(quick):
+        for dt in dtypes:
+            pred, target, weight, af = fam.make_inputs(N, C, dts[dt], dev)
+            steps = {}
+            for impl, fn in impls.items():
+                def step(fn=fn):
+                    pred.grad = None
+                    fn(pred, target, weight, avg_factor=af).backward()
+                try:
+                    step()
+                except Exception as e:  # mmdet's loss in bf16, e.g.: a row without it
+                    print(f'  {impl} {name} {dt}: {type(e).__name__}: {e}'[:200], flush=True)
+                    continue
+                steps[impl] = step
+
+            def floor():
+                pred.grad = None
+                FloorPattern.apply(pred).backward()
+            steps['floor'] = floor
+            times = host_blocks(steps, blocks=3 if quick else 11, per_block=20)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            line = f'{name:<22}{dt:<6}' + ''.join(
+                f'{med[k]:>10.1f}' if k in med else f'{"-":>10}' for k in [*impls, 'floor'])
+            line += f"  {paired(times, 'ours', 'floor'):>10.3f}"
+            line += (f"  {paired(times, 'ours', 'baseline'):>9.3f}" if 'baseline' in times
+                     else '  ' + 9 * '-')
+            if 'mmdet' in steps and dev == 'cuda':
+                from triton.testing import do_bench
+
+                wall = {k: do_bench(steps[k], warmup=5, rep=30, return_mode='median') * 1e3
+                        for k in ('ours', 'mmdet')}
+                line += f"  {wall['mmdet'] / wall['ours']:>8.1f} ({wall['ours']:.0f} us)"
+            print(line, flush=True)
+            mft.check_pending_inputs()
+            pred = target = weight = af = steps = None
+            torch.cuda.empty_cache()
+    kern = mft.ops.quality_focal._KERNEL if loss == 'qfl' else mft.ops.varifocal._KERNEL
+    if kern is not None:  # None: the PyTorch path ran (CPU)
+        print(f'{loss} kernel: {kern.direct_launches} direct launches, {len(kern.compiled)} '
+              'compiled specialisations')
 
 
 def kernel_us(step, iters=20):
@@ -110,7 +192,17 @@ def main():
     ap.add_argument('--compile', action='store_true',
                     help='also torch.compile of mmdet python loss at 2.4Mx80 and 300kx1203')
     ap.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'])
+    ap.add_argument('--quick', action='store_true', help='--loss qfl|vfl: tiny shapes (a smoke '
+                    'test, also on the CPU)')
+    ap.add_argument('--loss', default='focal', choices=['focal', 'qfl', 'vfl'],
+                    help='qfl / vfl: the family modules at their benchmark shapes, against the '
+                    'baseline, the floor pattern and mmdet')
     args = ap.parse_args()
+    if args.loss != 'focal':
+        if args.baseline:
+            sys.path.insert(0, args.baseline)
+        family_main(args.loss, bool(args.baseline), args.dtypes, args.quick)
+        return
     from triton.testing import do_bench
 
     import mmdet_focal_triton as mft
