@@ -133,3 +133,17 @@ def test_sass_instruction_count_of_fast_math():
         assert len(counts[fast]) == 4, r.stdout
     assert all(f < 45 for f in counts['1']), counts
     assert all(fast < 0.7 * slow for fast, slow in zip(counts['1'], counts['0'])), counts
+
+
+def test_cpu_host_probe_against_a_baseline(tmp_path):
+    """tools/dev/cpu_host_probe.py times this checkout against an older copy made by
+    make_baseline.sh (both loaded in one process, ops renamed): a row per loss with both."""
+    r = subprocess.run(['bash', 'tools/dev/make_baseline.sh', 'HEAD', str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = run_tool('tools/dev/cpu_host_probe.py', '--baseline', str(tmp_path), '--pairs', '2',
+                 '--calls', '5', '--rows', '64', timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    assert set(rows) == {'focal', 'qfl', 'vfl'}
+    assert all(float(v) > 0 for row in rows.values() for v in row[1:])
