@@ -12,7 +12,15 @@ the functorch-wrapper route of the eager Function.
 import pytest
 import torch
 from _family_inputs import make_qfl_target, make_row_weight, make_vfl_target, make_vfl_weight
-from _inputs import make_generator, make_pred, make_target, make_weight
+from _inputs import (
+    IMPLS,
+    device_of,
+    impl_context,
+    make_generator,
+    make_pred,
+    make_target,
+    make_weight,
+)
 
 import mmdet_focal_triton as mft
 from mmdet_focal_triton.ops import autograd, focal, launcher, quality_focal, varifocal
@@ -73,29 +81,32 @@ def _direct_form(jit_args, outs_jit, outs_direct):
                  for a in jit_args)
 
 
-def _focal_call(case, g):
+def _focal_call(case, g, dev='cpu'):
     target_kind, weight_kind, reduction, af = case
-    pred = make_pred(37, 80, torch.float32, 'cpu', g).requires_grad_(True)
-    target = make_target(target_kind, 37, 80, 'cpu', g)
-    weight = make_weight(weight_kind, 37, 80, 'cpu', g)
+    af = af.to(dev) if isinstance(af, torch.Tensor) else af
+    pred = make_pred(37, 80, torch.float32, dev, g).requires_grad_(True)
+    target = make_target(target_kind, 37, 80, dev, g)
+    weight = make_weight(weight_kind, 37, 80, dev, g)
     return pred, lambda: mft.sigmoid_focal_loss(pred, target, weight, reduction=reduction,
                                                 avg_factor=af)
 
 
-def _qfl_call(case, g):
+def _qfl_call(case, g, dev='cpu'):
     target_kind, weight_kind, reduction, af = case
-    pred = make_pred(37, 80, torch.float32, 'cpu', g).requires_grad_(True)
-    target = make_qfl_target(target_kind, 37, 80, 'cpu', g)
-    weight = make_row_weight(weight_kind, 37, 'cpu', g)
+    af = af.to(dev) if isinstance(af, torch.Tensor) else af
+    pred = make_pred(37, 80, torch.float32, dev, g).requires_grad_(True)
+    target = make_qfl_target(target_kind, 37, 80, dev, g)
+    weight = make_row_weight(weight_kind, 37, dev, g)
     return pred, lambda: mft.quality_focal_loss(pred, target, weight, reduction=reduction,
                                                 avg_factor=af)
 
 
-def _vfl_call(case, g):
+def _vfl_call(case, g, dev='cpu'):
     target_kind, weight_kind, reduction, af = case
-    pred = make_pred(37, 80, torch.float32, 'cpu', g).requires_grad_(True)
-    target = make_vfl_target(target_kind, 37, 80, 'cpu', g)
-    weight = make_vfl_weight(weight_kind, 37, 80, 'cpu', g)
+    af = af.to(dev) if isinstance(af, torch.Tensor) else af
+    pred = make_pred(37, 80, torch.float32, dev, g).requires_grad_(True)
+    target = make_vfl_target(target_kind, 37, 80, dev, g)
+    weight = make_vfl_weight(weight_kind, 37, 80, dev, g)
     return pred, lambda: mft.varifocal_loss(pred, target, weight, reduction=reduction,
                                             avg_factor=af)
 
@@ -160,20 +171,21 @@ def test_non_contiguous_inputs_take_the_jit_path(recorder):
 
 
 @pytest.mark.parametrize('loss', ['focal', 'qfl', 'vfl'])
-@pytest.mark.parametrize('backend', ['torch', 'triton'])
-def test_second_backward_after_the_gradient_changed_in_place(loss, backend):
+@pytest.mark.parametrize('impl', IMPLS)
+def test_second_backward_after_the_gradient_changed_in_place(loss, impl):
     """A second backward through a retained graph rescales the buffer the first one handed over
     as pred.grad: unchanged, it gives the exact gradient; changed in place since (as
     zero_grad(set_to_none=False) does), a clear error instead of a silently wrong gradient."""
     build, cases = CASES[loss]
     case = next(c for c in cases if c[2] == 'mean' and c[3] is AF)
-    pred, call = build(case, make_generator('retain-inplace', loss))
-    with mft.backend(backend):
+    dev = device_of(impl)
+    pred, call = build(case, make_generator('retain-inplace', loss, impl), dev)
+    with impl_context(impl):
         out = call()
         (want,) = torch.autograd.grad(call(), pred)
         out.backward(retain_graph=True)
         pred.grad = None  # set_to_none: the buffer itself is untouched
-        out.backward(torch.tensor(2.0), retain_graph=True)
+        out.backward(torch.tensor(2.0, device=dev), retain_graph=True)
         torch.testing.assert_close(pred.grad, 2.0 * want, rtol=1e-6, atol=0)
         out2 = call()
         pred.grad = None
