@@ -17,7 +17,7 @@
 #                                        # the largest, fp32/bf16; RTMDet-tiny e2e b32 (< 9 min)
 #   bash tests/gpu/run_all.sh parity-all # parity + parity_faults + accuracy, concurrently (< 10 min)
 #   bash tests/gpu/run_all.sh fp16       # float16 gradients: CUDA tests + RetinaNet fp16 parity (~4 min)
-#   bash tests/gpu/run_all.sh rtmdet     # RTMDet-tiny parity, fp32 (both) and bf16 (ours) (< 7 min)
+#   bash tests/gpu/run_all.sh rtmdet     # RTMDet-tiny parity, fp32, both losses + control (< 10 min)
 #   bash tests/gpu/run_all.sh launch     # the launch path: launch tests, focal + family CUDA
 #                                        # grids; RTMDet-tiny fp32 parity, both losses (< 9 min)
 #   bash tests/gpu/run_all.sh host-round # host us vs the previous version (.baseline) and the
@@ -233,22 +233,15 @@ case "$stage" in
     grep -E ': ok in|: failed|PASS|FAIL|failed:' "$OUT/parity_fp16.out" | cut -c1-300
     ;;
   rtmdet)
-    # RTMDet-tiny parity (QualityFocalLoss): fp32 with both losses, and AMP bf16 with ours,
-    # concurrently (verdicts only; < 7 min; 2026-11-30: bf16 passed, fp32 was cut by the limit
-    # of a call that also ran two other trainings)
-    for amp in none bf16; do
-      losses=both; [ "$amp" = bf16 ] && losses=ours
-      ( t0=$SECONDS; timeout 400 python3 tools/parity.py --device cuda --model rtmdet-tiny \
-          --amp "$amp" --losses "$losses" --work-dir "$OUT/parity_rtmdet_$amp" \
-          > "$OUT/parity_rtmdet_$amp.out" 2>&1
-        echo "exit $? after $((SECONDS - t0)) s" >> "$OUT/parity_rtmdet_$amp.out" ) &
-    done
-    wait
-    for amp in none bf16; do
-      echo "== rtmdet $amp: $(tail -n 1 "$OUT/parity_rtmdet_$amp.out")"
-      grep -E ': ok in|: failed|FAILED|PASS|FAIL|failed:|│' "$OUT/parity_rtmdet_$amp.out" \
-          | cut -c1-240
-    done
+    # RTMDet-tiny parity (QualityFocalLoss), fp32, both losses, alone in a call (< 10 min):
+    # ~140 s per training, and a third (the control) when a statistical difference exceeds its
+    # floor (2026-12-03: both trainings ok, per-call check passed, cut during the control after
+    # 420 s). AMP bf16 with ours passed on 2026-11-30: `--amp bf16 --losses ours`.
+    t0=$SECONDS; timeout 560 python3 tools/parity.py --device cuda --model rtmdet-tiny \
+        --work-dir "$OUT/parity_rtmdet_none" > "$OUT/parity_rtmdet_none.out" 2>&1
+    echo "== rtmdet fp32 (both): exit $? after $((SECONDS - t0)) s"
+    grep -E ': ok in|: failed|FAILED|PASS|FAIL|failed:|│|\[parity\]' \
+        "$OUT/parity_rtmdet_none.out" | cut -c1-240 | tail -n 40
     ;;
   launch)
     # this round's launch path (launcher.Variant shared by the three losses, direct launches
