@@ -251,7 +251,7 @@ case "$stage" in
     ( t0=$SECONDS; timeout 420 python3 tools/parity.py --device cuda --model rtmdet-tiny \
           --work-dir "$OUT/parity_rtmdet_none" > "$OUT/parity_rtmdet_none.out" 2>&1
       echo "exit $? after $((SECONDS - t0)) s" >> "$OUT/parity_rtmdet_none.out" ) &
-    timeout 90 python3 -m pytest tests/test_launch_path.py tests/test_op_registration.py -q \
+    timeout 150 python3 -m pytest tests/test_launch_path.py tests/test_op_registration.py -q \
         -n 6 -p no:cacheprovider > "$OUT/launch_tests.log" 2>&1
     echo "launch tests: $(grep -E 'passed|failed' "$OUT/launch_tests.log" | tail -1)"
     grep -E '^FAILED|Error' "$OUT/launch_tests.log" | head -n 8
