@@ -19,7 +19,7 @@ from . import checks, torch_focal
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
 from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class
-from .spec import NONE, WEIGHT_ELEM, WEIGHT_NONE, WEIGHT_ROW, FocalSpec
+from .spec import WEIGHT_ELEM, WEIGHT_NONE, WEIGHT_ROW, FocalSpec
 from .tuning import FLAT_MAX_C, launch_config
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
@@ -47,10 +47,8 @@ class _Variant(Variant):
         cfg = launch_config(C, dtype)
         flat = fast and cfg['layout'] == 'flat' and C < FLAT_MAX_C
         super().__init__(_kernel('flat' if flat else 'rows'), cfg,
-                         cfg['flat_block'] if flat else cfg['block_r'], device_index, device,
-                         reduce=spec.reduction != NONE and not backward_of_none,
-                         write_loss=spec.reduction == NONE and not backward_of_none,
-                         write_grad=spec.write_grad or backward_of_none, check=check)
+                         cfg['flat_block'] if flat else cfg['block_r'], device_index, device, spec,
+                         backward_of_none, check=check)
         self.flat = flat
         fast_math = bool(cfg['fast_math']) and device_index >= 0
         head = (spec.index_target, spec.activated, spec.weight_mode, gamma_mode, has_af,

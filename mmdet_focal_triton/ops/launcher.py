@@ -25,6 +25,7 @@ import torch
 
 from .backend import INTERPRETER
 from .checks import flag_arg
+from .spec import NONE
 from .tuning import num_programs
 
 _KERNELS = []  # every Kernel, for clear_cache()
@@ -174,12 +175,17 @@ class Variant:
     Triton's JIT launch (which compiles, and caches the kernel under the call's key)."""
 
     def __init__(self, kernel: Kernel, cfg: dict, block: int, device_index: int, device,
-                 reduce: bool, write_loss: bool, write_grad: bool, check: bool | None):
+                 spec, backward_of_none: bool, check: bool | None):
         self.kernel = kernel
         self.options = cfg['options']
         self.block = block  # rows (or elements) per block of the persistent grid
         self.max_programs = num_programs(device_index, 2 ** 62, cfg['programs_per_sm'])
-        self.reduce, self.write_loss, self.write_grad = reduce, write_loss, write_grad
+        # what the launch writes: the forward of a reduced loss its sum and (when asked) the
+        # gradient; of 'none' the loss; the backward of 'none' the gradient times upstream
+        none = spec.reduction == NONE
+        self.reduce = not none and not backward_of_none
+        self.write_loss = none and not backward_of_none
+        self.write_grad = spec.write_grad or backward_of_none
         self.device = device
         self.dummy = dummy(device_index, device)  # the pointer arguments a variant ignores
         self.dummy_ptr = self.dummy.data_ptr()

@@ -48,10 +48,8 @@ class _Variant(Variant):
                  canonical, device):
         spec = QualityFocalSpec.unpack(flags)
         cfg = launch_config(C, dtype)
-        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device,
-                         reduce=spec.reduction != NONE and not backward_of_none,
-                         write_loss=spec.reduction == NONE and not backward_of_none,
-                         write_grad=spec.write_grad or backward_of_none, check=check)
+        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device, spec,
+                         backward_of_none, check=check)
         self.tail = (spec.index_target, spec.activated, spec.weighted, mod, has_af,
                      backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
                      C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,

@@ -17,7 +17,7 @@ from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
 from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class, misaligned
 from .quality_focal import EPS, mod_mode
-from .spec import NONE, VarifocalSpec
+from .spec import VarifocalSpec
 from .tuning import launch_config
 
 _KERNEL = None  # launcher.Kernel of kernels.varifocal.varifocal_loss_kernel
@@ -40,10 +40,8 @@ class _Variant(Variant):
                  canonical, device):
         spec = VarifocalSpec.unpack(flags)
         cfg = launch_config(C, dtype)
-        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device,
-                         reduce=spec.reduction != NONE and not backward_of_none,
-                         write_loss=spec.reduction == NONE and not backward_of_none,
-                         write_grad=spec.write_grad or backward_of_none, check=None)
+        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device, spec,
+                         backward_of_none, check=None)
         self.tail = (spec.iou_weighted, wmode, mod, has_af, backward_of_none, self.write_loss,
                      self.reduce, self.write_grad, C % cfg['block_c'] == 0, cfg['block_r'],
                      cfg['block_c'], 1024, bool(cfg['fast_math']) and device_index >= 0)
