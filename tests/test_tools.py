@@ -147,3 +147,17 @@ def test_cpu_host_probe_against_a_baseline(tmp_path):
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
     assert set(rows) == {'focal', 'qfl', 'vfl'}
     assert all(float(v) > 0 for row in rows.values() for v in row[1:])
+
+
+def test_host_probe_family_quick_has_every_column():
+    """tools/dev/host_probe.py --loss qfl --quick (CPU, interpreter): a row per tiny shape with
+    ours, mmdet, the floor pattern and the native x.sigmoid().sum() bound, all timed."""
+    r = run_tool('tools/dev/host_probe.py', '--loss', 'qfl', '--quick', '--dtypes', 'fp32',
+                 env={'TRITON_INTERPRET': '1'}, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = [ln.split() for ln in r.stdout.splitlines()]
+    header = next(ln for ln in lines if ln[:1] == ['shape'])
+    assert header[2:6] == ['ours', 'mmdet', 'floor', 'sigmoid'], header
+    rows = [ln for ln in lines if ln[:1] and ln[0].startswith('tiny-')]
+    assert len(rows) == 2, r.stdout
+    assert all(float(v) > 0 for row in rows for v in row[2:7]), rows

@@ -3,7 +3,9 @@
 version of it (a copy of an older `mmdet_focal_triton` with its ops renamed, `--baseline DIR`,
 made by `tools/dev/make_baseline.sh REV DIR`), the floor pattern of an eager op, and
 `x.sigmoid().sum()`. For notes/perf.md. `--loss qfl|vfl`: the family's modules instead, with
-mmdet's, at the family's benchmark shapes (paired ratios to the floor and the baseline).
+mmdet's, at the family's benchmark shapes (paired ratios to the floor and the baseline; wall
+time of mmdet's loss over ours and over `x.sigmoid().sum()`, two native ops whose C++ backward
+nodes bound what any eager loss + backward can reach).
 
 Per shape and dtype (RetinaNet R50-FPN levels at batch 2, 800x1344, plus 2.4Mx80 and 300kx1203):
   host_us    host time per call: a loop of `x.grad = None; loss(...).backward()` without a
@@ -115,8 +117,9 @@ def family_main(loss: str, baseline: bool, dtypes, quick: bool = False) -> None:
     impls['mmdet'] = (quality_focal.scores_in_pred_dtype(mmdet_mod) if loss == 'qfl'
                       else mmdet_mod)
     dts = {'fp32': torch.float32, 'bf16': torch.bfloat16}
-    print(f"{'shape':<22}{'dtype':<6}" + ''.join(f'{k:>10}' for k in [*impls, 'floor'])
-          + '  ours/floor  ours/base  mmdet/ours(wall)', flush=True)
+    refs = ['floor', 'sigmoid']
+    print(f"{'shape':<22}{'dtype':<6}" + ''.join(f'{k:>10}' for k in [*impls, *refs])
+          + '  ours/floor  ours/base  mmdet/ours(wall)  mmdet/sigmoid(wall)', flush=True)
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     for name, N, C in fam.default_shapes(quick):
         for dt in dtypes:
@@ -136,11 +139,15 @@ def family_main(loss: str, baseline: bool, dtypes, quick: bool = False) -> None:
             def floor():
                 pred.grad = None
                 FloorPattern.apply(pred).backward()
+            def sigmoid():  # two native ops with C++ backward nodes: below any eager loss
+                pred.grad = None
+                pred.sigmoid().sum().backward()
             steps['floor'] = floor
+            steps['sigmoid'] = sigmoid
             times = host_blocks(steps, blocks=3 if quick else 11, per_block=20)
             med = {k: statistics.median(v) for k, v in times.items()}
             line = f'{name:<22}{dt:<6}' + ''.join(
-                f'{med[k]:>10.1f}' if k in med else f'{"-":>10}' for k in [*impls, 'floor'])
+                f'{med[k]:>10.1f}' if k in med else f'{"-":>10}' for k in [*impls, *refs])
             line += f"  {paired(times, 'ours', 'floor'):>10.3f}"
             line += (f"  {paired(times, 'ours', 'baseline'):>9.3f}" if 'baseline' in times
                      else '  ' + 9 * '-')
@@ -148,8 +155,9 @@ def family_main(loss: str, baseline: bool, dtypes, quick: bool = False) -> None:
                 from triton.testing import do_bench
 
                 wall = {k: do_bench(steps[k], warmup=5, rep=30, return_mode='median') * 1e3
-                        for k in ('ours', 'mmdet')}
+                        for k in ('ours', 'mmdet', 'sigmoid')}
                 line += f"  {wall['mmdet'] / wall['ours']:>8.1f} ({wall['ours']:.0f} us)"
+                line += f"  {wall['mmdet'] / wall['sigmoid']:>11.1f} ({wall['sigmoid']:.0f} us)"
             print(line, flush=True)
             mft.check_pending_inputs()
             pred = target = weight = af = steps = None
