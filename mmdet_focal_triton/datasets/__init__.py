@@ -3,6 +3,13 @@
 ``make_synthetic_coco()`` writes (once, into a cache folder) images and COCO annotations that
 mmdet's ``CocoDataset`` loads unchanged with ``metainfo=dict(classes=SYNTHETIC_CLASSES)``.
 """
-from .synthetic import SYNTHETIC_CLASSES, default_cache_dir, make_synthetic_coco
+from .synthetic import (
+    STYLES,
+    SYNTHETIC_CLASSES,
+    SyntheticStyle,
+    default_cache_dir,
+    make_synthetic_coco,
+)
 
-__all__ = ['SYNTHETIC_CLASSES', 'default_cache_dir', 'make_synthetic_coco']
+__all__ = ['SYNTHETIC_CLASSES', 'STYLES', 'SyntheticStyle', 'default_cache_dir',
+           'make_synthetic_coco']
