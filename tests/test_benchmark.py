@@ -300,9 +300,34 @@ def test_wall_table():
 def test_e2e_table():
     results = {(2, 'fp32', 'mmdet'): 100.0, (2, 'fp32', 'ours'): 98.0,
                (2, 'fp32', 'zero'): 97.0}
+    shares = {(2, 'fp32', 'mmdet'): dict(pct=3.0, low=1.5, high=4.5, resolved=True),
+              (2, 'fp32', 'ours'): dict(pct=1.02, low=-0.4, high=2.4, resolved=False)}
     text = render(e2e_table(results, {(2, 'fp32', 'ours'): 0.49}, [2], ['fp32'],
-                            ['mmdet', 'ours', 'zero'], 'step'))
-    assert '3.00%, 1.02%' in text and 'n/a, 0.50%' in text
+                            ['mmdet', 'ours', 'zero'], 'step', shares))
+    assert '+3.00 % [+1.50, +4.50]; not resolved [-0.40, +2.40]' in text
+    assert 'n/a, 0.50%' in text
+
+
+def test_e2e_step_minus_zero_from_paired_rounds():
+    """The share of a variant over the zero stand-in comes from the rounds' paired medians:
+    a steady 2 ms over 100 ms is resolved whatever the drift between rounds; noise alone is
+    not."""
+    from mmdet_focal_triton.benchmark.e2e import summarize, vs_zero
+
+    drift = [100.0 + 10 * (k % 4) for k in range(12)]  # the host's speed wanders
+    noise = [0.3 * ((-1) ** k) for k in range(12)]
+    got = vs_zero({'zero': drift, 'ours': [z + 2.0 + e for z, e in zip(drift, noise)],
+                   'mmdet': [z + e for z, e in zip(drift, noise)]})
+    assert set(got) == {'ours', 'mmdet'}
+    assert got['ours']['vs_zero_resolved'] == 'True'
+    assert float(got['ours']['vs_zero_pct']) == pytest.approx(100 * 2.0 / 117.0, rel=1e-2)
+    assert got['mmdet']['vs_zero_resolved'] == 'False'
+    rows = [dict(batch='2', precision='fp32', variant=v, step_ms='1', loss_gpu_ms='', **f)
+            for v, f in got.items()]
+    shares = summarize(rows)[2]
+    assert shares[(2, 'fp32', 'ours')]['resolved'] and not shares[(2, 'fp32', 'mmdet')][
+        'resolved']
+    assert vs_zero({'ours': drift}) == {}
 
 
 def test_quiet_warnings_filters_known_and_records_others():

@@ -107,7 +107,7 @@ def test_boxes_are_tight_on_drawn_objects(index):
         ys, xs = np.nonzero(labels == k + 1)
         assert (x, y, x + bw, y + bh) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
         assert area == ys.size
-        assert area >= synthetic._MIN_VISIBLE * 40  # never a speck
+        assert area >= synthetic.DEFAULT_STYLE.min_visible * 40  # never a speck
 
 
 def test_cache_reuse_and_atomic(tmp_path, monkeypatch):
@@ -257,3 +257,33 @@ def test_cli_paired(tmp_path):
     a, b = ([(x['category_id'], x['bbox']) for x in coco['annotations'] if x['image_id'] == i]
             for i in (1, 2))
     assert a == b
+
+
+def test_easy_style(tmp_path, monkeypatch):
+    """style='easy' (the parity runs' data): its own cache key and meta, objects within its
+    size band, the default style's output unchanged; bad styles are refused."""
+    monkeypatch.setenv('MMDET_FOCAL_TRITON_CACHE', str(tmp_path / 'cache'))
+    kw = dict(num_train=16, num_val=2, img_size=160, seed=0)
+    easy = make_synthetic_coco(style='easy', **kw)
+    assert make_synthetic_coco(style=synthetic.EASY, **kw) == easy  # by name or by value
+    plain = make_synthetic_coco(**kw)
+    assert easy != plain
+    meta = json.loads((easy / 'meta.json').read_text())['params']
+    assert meta['style'] == dict(min_size=0.2, max_size=0.65, textures=False, min_visible=0.75)
+    assert 'style' not in json.loads((plain / 'meta.json').read_text())['params']
+    coco = _load(easy, 'train')
+    shorts = {im['id']: min(im['width'], im['height']) for im in coco['images']}
+    rel = np.array([max(a['bbox'][2], a['bbox'][3]) / shorts[a['image_id']]
+                    for a in coco['annotations']])
+    assert rel.max() <= 0.65 + 2 / 120  # a pixel of rounding on each side
+    assert np.median(rel) > 0.25  # the default style's median is far smaller
+    default_rel = [max(a['bbox'][2], a['bbox'][3]) / 120 for a in _load(plain, 'train')[
+        'annotations']]
+    assert min(default_rel) < 0.15
+    assert synthetic._draw_image(0, 'train', 0, 160, 6)[1] == PINNED_UNPAIRED[0]
+    with pytest.raises(ValueError, match='min_size <= max_size'):
+        synthetic.SyntheticStyle(min_size=0.5, max_size=0.4)
+    with pytest.raises(ValueError, match='style must be one of'):
+        make_synthetic_coco(style='hard', **kw)
+    with pytest.raises(TypeError):
+        synthetic.SyntheticStyle(colours=3)

@@ -15,9 +15,11 @@ no pretrained weights, with `loss_cls` variants built from the same initial weig
   zero          a stand-in that costs nothing but the gradient of the logits (zeros), so that
                 step(mmdet) - step(zero) is the loss's share of the step
 for batch sizes and precisions given on the command line (fp32, AMP fp16, AMP bf16).
-Median over `--steps` steps per variant after `--warmup`, the variants timed in interleaved
-rounds (so that drift of clocks and temperature hits all of them alike), the GPU time of each
-loss's own kernels per step from torch.profiler; appends to OUT_DIR/e2e.csv.
+Median over `--steps` steps per variant after `--warmup`, the variants timed in `--rounds`
+interleaved rounds in a rotated order (so that drift of clocks, temperature and the shared host
+hits all of them alike); step - zero with its 95 % interval over the paired rounds ('not
+resolved' where it holds 0), the GPU time of each loss's own kernels per step from
+torch.profiler; appends to OUT_DIR/e2e.csv.
 
   python tools/benchmark_e2e.py --batch 2 8 --precision fp32 fp16 bf16
   python tools/benchmark_e2e.py --model rtmdet-tiny --batch 32 --precision fp32 bf16
@@ -72,9 +74,11 @@ def main(argv=None):
     ap.add_argument('--img', nargs=2, type=int, default=None, metavar=('H', 'W'),
                     help="default: the model's (retinanet: 800 1344; rtmdet-tiny: 640 640)")
     ap.add_argument('--warmup', type=int, default=5)
-    ap.add_argument('--steps', type=int, default=40, help='timed steps per variant')
-    ap.add_argument('--rounds', type=int, default=4,
-                    help='the timed steps are split into this many interleaved rounds')
+    ap.add_argument('--steps', type=int, default=60, help='timed steps per variant')
+    ap.add_argument('--rounds', type=int, default=20,
+                    help='the timed steps are split into this many interleaved rounds (the '
+                         "variants' order rotated each round); step - zero gets its 95 %% "
+                         'interval from the paired round medians')
     ap.add_argument('--profile-steps', type=int, default=5,
                     help="steps profiled to measure the loss kernels' own GPU time (0: off)")
     ap.add_argument('--device', default='cuda', choices=['cuda', 'cpu'],
@@ -99,11 +103,11 @@ def main(argv=None):
     with quiet_warnings(args.verbose) as caught, quiet_logs(args.verbose), \
             RunProgress(console) as progress:
         rows = run_e2e(cfg, lambda rs: append_csv(csv_path, rs, E2E_FIELDS), progress)
-    results, loss_ms = summarize(rows)
+    results, loss_ms, shares = summarize(rows)
     dev = rows[0]['device'] if rows else ''
     console.print(e2e_table(results, loss_ms, cfg.batches, cfg.precisions, cfg.variants,
                             f'{spec.title} {cfg.img[0]}x{cfg.img[1]} training step, '
-                            f'median ms ({dev})'))
+                            f'median ms ({dev})', shares))
     console.print(spec.note, markup=False, highlight=False)
     for line in failures([dict(r, impl=r['variant'], dtype=r['precision']) for r in rows]):
         console.print(f'  {line}', markup=False, highlight=False)

@@ -54,7 +54,7 @@ def parse_args(argv=None):
                         'GPUs on cuda, and 2 processes over gloo on cpu')
     p.add_argument('--config', default=None,
                    help='base config (default: configs/parity/retinanet_r18_fpn_synthetic_cpu.py '
-                        'on cpu, configs/parity/retinanet_r50_fpn_synthetic_gpu.py on cuda)')
+                        'on cpu, configs/parity/retinanet_r18_fpn_synthetic_gpu.py on cuda)')
     p.add_argument('--iters', type=int, default=None,
                    help='training iterations (default: 20 on cuda, 6 on cpu, where the R18 '
                         'config (AdamW from random init) turns rounding differences into 1e-3 '

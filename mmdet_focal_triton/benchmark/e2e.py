@@ -4,9 +4,13 @@ Times full training steps (`model.train_step`: data preprocessing, forward, loss
 optimizer update, as mmengine's Runner runs them) of a detector (`MODELS`: RetinaNet R50-FPN
 with its FocalLoss, RTMDet-tiny with its QualityFocalLoss) with `loss_cls` variants built from
 the same initial weights (`VARIANTS`), for batch sizes and precisions (fp32, AMP fp16, AMP
-bf16). Median over the timed steps per variant after a warm-up, the variants timed in
-interleaved rounds (so that drift of clocks and temperature hits all of them alike); the GPU time
-of each loss's own kernels per step from torch.profiler (`profiling.device_time`).
+bf16). The variants are timed in interleaved rounds, each round timing every variant for a few
+steps in a rotated order (so that drift of clocks, temperature and the shared host hits all of
+them alike); the step time is the median of a variant's steps. A variant's cost over the zero
+stand-in is the mean over rounds of the paired difference of round medians, with a 95 %
+t-interval over the rounds (`stats.mean_interval`): where that interval holds 0 the difference
+is not resolved, and the table says so rather than printing noise as a share. The GPU time of
+each loss's own kernels per step comes from torch.profiler (`profiling.device_time`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn as nn
 
+from ..stats import mean_interval, relative
 from .environment import device_name, synchronize
 from .losses import quality_focal
 from .losses.common import input_checks
@@ -211,8 +216,8 @@ class E2EConfig:
     variants: tuple[str, ...] = tuple(VARIANTS)
     img: tuple[int, int] | None = None
     warmup: int = 5
-    steps: int = 40
-    rounds: int = 4
+    steps: int = 60
+    rounds: int = 20
     profile_steps: int = 5
     device: str = 'cuda'
 
@@ -238,7 +243,8 @@ def run_config(cfg: E2EConfig, batch, prec, state_dict, progress=None) -> list[d
         rows[v] = dict(timestamp=datetime.datetime.now().isoformat(timespec='seconds'),
                        device=device_name(cfg.device), torch=torch.__version__, batch=batch,
                        precision=prec, variant=v, step_ms='', peak_mib='', loss_gpu_ms='',
-                       status='ok', error='', model=cfg.model)
+                       status='ok', error='', model=cfg.model, rounds='', vs_zero_pct='',
+                       vs_zero_low='', vs_zero_high='', vs_zero_resolved='')
         try:
             with input_checks(VARIANTS[v].checks):
                 model, ow = build_model(v, prec, cfg.device, state_dict, cfg.model)
@@ -252,27 +258,55 @@ def run_config(cfg: E2EConfig, batch, prec, state_dict, progress=None) -> list[d
             if cuda:
                 torch.cuda.empty_cache()
     per_round = max(cfg.steps // cfg.rounds, 1)
+    order = list(built)
+    round_ms = {v: [] for v in built}
     for k in range(cfg.rounds):
-        for v, (model, ow, data) in built.items():
+        for v in order[k % len(order):] + order[:k % len(order)]:  # rotated each round
+            model, ow, data = built[v]
             if progress is not None:
                 progress.update(f'batch {batch} {prec} round {k + 1}/{cfg.rounds} {v}')
             with input_checks(VARIANTS[v].checks):
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                for _ in range(per_round):
-                    times[v].append(time_step(model, ow, data, cfg.device))
+                t = [time_step(model, ow, data, cfg.device) for _ in range(per_round)]
                 if cuda:
                     rows[v]['peak_mib'] = f'{torch.cuda.max_memory_allocated() / 2 ** 20:.0f}'
+            times[v] += t
+            round_ms[v].append(statistics.median(t))
         if progress is not None:
             progress.advance()
+    for v, row in vs_zero(round_ms).items():
+        rows[v].update(row)
     for v, (model, ow, data) in built.items():
         rows[v]['step_ms'] = f'{statistics.median(times[v]):.2f}'
+        rows[v]['rounds'] = str(len(round_ms[v]))
         kernels = variant_kernels(v, spec)
         if cfg.profile_steps and kernels and cuda:
             with input_checks(VARIANTS[v].checks):
                 ms = loss_gpu_ms(model, ow, data, kernels, cfg.profile_steps)
             rows[v]['loss_gpu_ms'] = f'{ms:.3f}'
     return [rows[v] for v in cfg.variants]
+
+
+def vs_zero(round_ms: dict) -> dict:
+    """Each variant's step time over the zero stand-in's, from the rounds' medians
+    (``{variant: [ms per round]}``): the mean paired difference as a share of the variant's own
+    step, with its 95 % interval over the rounds. ``{variant: CSV fields}`` (none without a
+    'zero' variant)."""
+    zero = round_ms.get('zero')
+    out = {}
+    if not zero:
+        return out
+    for v, ms in round_ms.items():
+        if v == 'zero' or len(ms) != len(zero):
+            continue
+        iv = mean_interval([a - z for a, z in zip(ms, zero, strict=True)])
+        rel = relative(iv, statistics.fmean(ms))
+        out[v] = dict(vs_zero_pct=f"{100 * rel['mean']:.3f}",
+                      vs_zero_low=f"{100 * rel['low']:.3f}" if len(ms) > 1 else '',
+                      vs_zero_high=f"{100 * rel['high']:.3f}" if len(ms) > 1 else '',
+                      vs_zero_resolved=str(bool(iv['resolved'])))
+    return out
 
 
 def run_e2e(cfg: E2EConfig, on_rows=None, progress=None) -> list[dict]:
@@ -311,12 +345,20 @@ def run_e2e(cfg: E2EConfig, on_rows=None, progress=None) -> list[dict]:
 
 
 def summarize(rows):
-    """(step ms, loss-kernel ms) keyed by (batch, precision, variant), from `run_e2e` rows."""
-    results, loss_ms = {}, {}
+    """(step ms, loss-kernel ms, step - zero) keyed by (batch, precision, variant), from
+    `run_e2e` rows; step - zero as dict(pct, low, high, resolved) (low / high None with one
+    round)."""
+    results, loss_ms, shares = {}, {}, {}
     for r in rows:
         key = (int(r['batch']), r['precision'], r['variant'])
         if r['step_ms']:
             results[key] = float(r['step_ms'])
         if r['loss_gpu_ms']:
             loss_ms[key] = float(r['loss_gpu_ms'])
-    return results, loss_ms
+        if r.get('vs_zero_pct'):
+            low, high = r.get('vs_zero_low'), r.get('vs_zero_high')
+            shares[key] = dict(pct=float(r['vs_zero_pct']),
+                               low=float(low) if low else None,
+                               high=float(high) if high else None,
+                               resolved=r.get('vs_zero_resolved') == 'True')
+    return results, loss_ms, shares

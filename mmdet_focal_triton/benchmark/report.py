@@ -101,20 +101,32 @@ def host_table(rows, impls, ours='ours', floor='floor', device=''):
     return t
 
 
-def e2e_table(results, loss_ms, batches, precisions, variants, title=''):
-    """Training step, median ms per variant; step - zero as a share of the step (mmdet, ours);
+def share_cell(share: dict | None) -> str:
+    """'+2.61 % [+1.10, +4.02]' for a resolved step - zero, 'not resolved [-0.8, +1.4]' where
+    the 95 % interval holds 0 (the difference is below what the rounds can tell apart)."""
+    if not share:
+        return 'n/a'
+    if share['low'] is None:
+        return f"{share['pct']:+.2f} % (1 round)"
+    iv = f"[{share['low']:+.2f}, {share['high']:+.2f}]"
+    return f"{share['pct']:+.2f} % {iv}" if share['resolved'] else f'not resolved {iv}'
+
+
+def e2e_table(results, loss_ms, batches, precisions, variants, title='', shares=None):
+    """Training step, median ms per variant; step - zero as a share of the step with its 95 %
+    interval over the paired rounds (mmdet, ours): 'not resolved' where the interval holds 0;
     the loss kernels' GPU time as a share of the step."""
-    t = _Titled(title, ['batch', 'prec', *variants, 'step - zero (mmdet, ours)',
+    shares = shares or {}
+    t = _Titled(title, ['batch', 'prec', *variants, 'step - zero, 95 % CI (mmdet; ours)',
                        'loss kernels / step (mmdet*, ours)'])
     for b in batches:
         for p in precisions:
-            z = results.get((b, p, 'zero'))
             share, kshare = [], []
             for v in ('mmdet', 'ours'):
                 s, k = results.get((b, p, v)), loss_ms.get((b, p, v))
-                share.append(f'{100 * (s - z) / s:.2f}%' if s and z else 'n/a')
+                share.append(share_cell(shares.get((b, p, v))))
                 kshare.append(f'{100 * k / s:.2f}%' if s and k is not None else 'n/a')
             cells = [f'{results[(b, p, v)]:.2f}' if (b, p, v) in results else 'failed'
                      for v in variants]
-            t.add_row(str(b), p, *cells, ', '.join(share), ', '.join(kshare))
+            t.add_row(str(b), p, *cells, '; '.join(share), ', '.join(kshare))
     return t

@@ -18,7 +18,10 @@ FIELDS = ['run_id', 'timestamp', 'device', 'torch', 'triton', 'mmcv', 'mmdet', '
 E2E_FIELDS = ['timestamp', 'device', 'torch', 'batch', 'precision', 'variant', 'step_ms',
               'peak_mib', 'loss_gpu_ms', 'status', 'error',
               # added with the model choice (empty in older rows: RetinaNet)
-              'model']
+              'model',
+              # added with the paired rounds (empty in older rows): step - zero as a share of
+              # the variant's step, its 95 % interval over the rounds, and whether it excludes 0
+              'rounds', 'vs_zero_pct', 'vs_zero_low', 'vs_zero_high', 'vs_zero_resolved']
 
 _FORMATS = {'ms': '.4f', 'floor_ms': '.4f', 'peak_mib': '.1f', 'grad_mib': '.1f', 'gbps': '.1f',
             'frac_copy': '.3f', 'copy_gbps': '.1f', 'host_us': '.1f', 'wall_us': '.1f',

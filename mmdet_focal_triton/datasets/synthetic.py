@@ -93,7 +93,7 @@ class SyntheticStyle:
 
 
 DEFAULT_STYLE = SyntheticStyle()
-EASY = SyntheticStyle(min_size=0.15, max_size=0.6, textures=False, min_visible=0.75)
+EASY = SyntheticStyle(min_size=0.2, max_size=0.65, textures=False, min_visible=0.75)
 STYLES = {'default': DEFAULT_STYLE, 'easy': EASY}
 
 
@@ -494,7 +494,7 @@ def main(argv=None) -> int:
                    help='images 2k and 2k+1 get the same objects and boxes on different '
                         'backgrounds, in different colours (for tools/ddp_parity.py)')
     p.add_argument('--style', choices=sorted(STYLES), default='default',
-                   help="'easy': objects 15-60 %% of the short side, no textured backgrounds or "
+                   help="'easy': objects 20-65 %% of the short side, no textured backgrounds or "
                         'clutter lines, less occlusion (the parity runs\' dataset)')
     p.add_argument('--overwrite', action='store_true')
     args = p.parse_args(argv)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -247,6 +248,7 @@ class FocalLossCheckHook(Hook):
         self._pending = []
         self._iteration = None
         self._logged_failure = False
+        self.elapsed_s = 0.0  # time spent checking (a parity run leaves it out of its timings)
 
     # -- attaching ---------------------------------------------------------------------------
     def attach(self, model) -> list:
@@ -303,6 +305,13 @@ class FocalLossCheckHook(Hook):
     # -- checking ----------------------------------------------------------------------------
     def flush(self, logger=None) -> None:
         """Check the calls recorded since the last flush (after their backward pass)."""
+        t0 = time.perf_counter()
+        try:
+            self._flush(logger)
+        finally:
+            self.elapsed_s += time.perf_counter() - t0
+
+    def _flush(self, logger=None) -> None:
         pending, self._pending = self._pending, []
         for rec in pending:
             if 'out' not in rec:  # the forward raised

@@ -6,11 +6,15 @@ weights after iteration 1 and at the end, and the mAPs. ``compare_runs(a, b)`` g
 - deterministic checks, which hold on any machine when b's loss is right: the initial weights
   are bit-identical, iteration 1 (same weights, same batch) agrees to ``first_rtol``, the first
   weight update to ``update_rtol``, every loss is finite;
-- the statistics of the two (chaotic) trajectories, judged by ``judge_statistics`` against a
-  floor or against the noise a control run shows: the means of the last quarter of the
-  iterations and the mAPs;
 - reported only: the per-iteration relative differences (over the first ``REPORT_HORIZON``
-  iterations and all of them) and the final weight difference.
+  iterations and all of them), the means of the last quarter of the losses, the mAP
+  differences and the final weight difference: two trainings that differ by rounding become
+  different, equally good trajectories, so they are judged by their accuracy
+  (``judge_accuracy``: the final mAPs against the run-to-run spread of mmdet's own training),
+  not iteration by iteration.
+
+Also here: ``time_to_accuracy`` (the first evaluation of a learning curve at a threshold) and
+``paired_step_time`` (the iteration-time difference of two runs with a 95 % interval).
 """
 from __future__ import annotations
 
@@ -19,12 +23,12 @@ import math
 import numpy as np
 import torch
 
+from ..stats import mean_interval, relative, t975  # noqa: F401  (t975: re-exported)
 from .config import NOISE_FACTOR, REPORT_HORIZON, TREND_FRACTION
 from .hooks import RECORDED
 
 COMPARED = ('loss_cls', 'loss_bbox')
 MAP_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
-CHECKED_MAPS = ('bbox_mAP', 'bbox_mAP_50')
 
 
 def rel_diffs(a, b) -> list:
@@ -97,11 +101,11 @@ def compare_runs(a: dict, b: dict, tol: dict, init_state: dict | None = None,
                  horizon: int = REPORT_HORIZON) -> dict:
     """Compare run ``b`` against run ``a`` (module docstring). ``tol``: first_rtol,
     update_rtol. Returns the numbers, ``checks`` (deterministic, name -> bool) and
-    ``statistics`` (name -> dict(value, kind)) for ``judge_statistics``."""
+    the reported numbers (trends, mAP differences, weight differences)."""
     out = {'init_identical': a.get('init_digest') == b.get('init_digest'),
            'first_iter_rel_diff': {}, 'rel_diff_per_iter': {}, 'max_rel_diff': {},
            'argmax_iter': {}, 'max_rel_diff_horizon': {}, 'argmax_iter_horizon': {},
-           'trend': {}, 'statistics': {}}
+           'trend': {}}
     checks = {'initial weights bit-identical': out['init_identical']}
     for k in RECORDED:
         la, lb = a['losses'][k], b['losses'][k]
@@ -125,8 +129,6 @@ def compare_runs(a: dict, b: dict, tol: dict, init_state: dict | None = None,
         if k in COMPARED:
             checks[f'{k}: iteration 1 rel diff <= {tol["first_rtol"]:g}'] = \
                 r[0] <= tol['first_rtol']
-            out['statistics'][f'{k}: mean of the last {w} iterations, rel diff'] = dict(
-                value=out['trend'][k]['rel_diff'], kind='trend')
     for n, rec in (('a', a), ('b', b)):
         checks[f'{rec.get("side", n)}: every loss finite'] = finite_losses(rec)
     if init_state is not None and 'state_after_1' in a and 'state_after_1' in b:
@@ -142,30 +144,96 @@ def compare_runs(a: dict, b: dict, tol: dict, init_state: dict | None = None,
     ma, mb = a.get('metrics') or {}, b.get('metrics') or {}
     out['mAP_abs_diff'] = {k: abs(ma[k] - mb[k]) for k in MAP_KEYS
                            if ma.get(k) is not None and mb.get(k) is not None}
-    for k in CHECKED_MAPS:
-        if k in out['mAP_abs_diff']:
-            out['statistics'][f'{k}: abs diff'] = dict(value=out['mAP_abs_diff'][k], kind='map')
     out['checks'] = checks
     out['passed'] = all(checks.values())
     out['reasons'] = [k for k, v in checks.items() if not v]
     return out
 
 
-def judge_statistics(stats: dict, tol: dict, noise: dict | None = None,
-                     factor: float = NOISE_FACTOR) -> dict:
-    """Each statistic of ``compare_runs`` passes when it is within its floor (``trend_rtol``
-    for trends, ``map_atol`` for mAPs) or within ``factor`` x the same statistic of a control
-    run (``noise``: the control's ``statistics``), i.e. the noise of training itself."""
-    floors = {'trend': tol['trend_rtol'], 'map': tol['map_atol']}
-    out = {}
-    for name, s in stats.items():
-        floor = floors[s['kind']]
-        n = (noise or {}).get(name, {}).get('value')
-        band = max(floor, factor * n) if n is not None and math.isfinite(n) else floor
-        out[name] = dict(value=s['value'], floor=floor, noise=n, band=band,
-                         passed=math.isfinite(s['value']) and s['value'] <= band)
-    return out
+# ---------------------------------------------------------------------------------------------
+# accuracy: the verdict on the trainings
+# ---------------------------------------------------------------------------------------------
+def final_map(rec: dict | None) -> float | None:
+    """The bbox_mAP of a run's last evaluation (None if it has none)."""
+    if not rec:
+        return None
+    v = (rec.get('metrics') or {}).get('bbox_mAP')
+    return float(v) if v is not None else None
 
 
-def within_floors(judged: dict) -> bool:
-    return all(math.isfinite(j['value']) and j['value'] <= j['floor'] for j in judged.values())
+def judge_accuracy(reference: float | None, others: dict, target: float, floor: float,
+                   factor: float = NOISE_FACTOR, control: float | None = None,
+                   one_sided: tuple = ()) -> dict:
+    """The accuracy verdict of a parity run.
+
+    ``reference``: the final bbox_mAP of mmdet's own training (None: it has none). ``others``:
+    ``{run name: final bbox_mAP}`` of the runs judged against it (ours, ours under AMP).
+    ``target``: what the recipe promises mmdet's training reaches; a run where it does not is a
+    broken recipe, whatever the others did (two trainings that learnt nothing agree on
+    nothing). ``control``: the final mAP of mmdet's loss trained again with a rounding-level
+    perturbation (None: not trained); ``spread = |control - reference|`` is the run-to-run noise
+    of mmdet's own training, and each run passes when ``|mAP - reference| <= band`` with
+    ``band = max(floor, factor * spread)``. The runs named in ``one_sided`` pass when
+    ``mAP >= reference - band``: trainings under AMP, where the whole network, not only the
+    loss, computes in another precision, have no mmdet training to be identical to (mmcv's op
+    cannot run bf16); what they owe the user is to learn no worse than mmdet in fp32.
+
+    Returns ``dict(recipe_ok, target, reference, spread, band, runs={name: dict(mAP, diff
+    (signed, mAP - reference), within_floor, one_sided, passed)}, passed)``; ``passed`` needs
+    the recipe to be right and every run within its band.
+    """
+    if not target > 0:
+        raise ValueError(f'target must be > 0 (a run that learns nothing proves nothing), got '
+                         f'{target!r}')
+    ok_ref = reference is not None and math.isfinite(reference)
+    recipe_ok = ok_ref and reference >= target
+    spread = (abs(control - reference) if ok_ref and control is not None
+              and math.isfinite(control) else None)
+    band = max(floor, factor * spread) if spread is not None else floor
+    runs = {}
+    for name, m in others.items():
+        diff = m - reference if ok_ref and m is not None and math.isfinite(m) else None
+        gap = None if diff is None else (max(-diff, 0.0) if name in one_sided else abs(diff))
+        runs[name] = dict(mAP=m, diff=diff, one_sided=name in one_sided,
+                          within_floor=gap is not None and gap <= floor,
+                          passed=gap is not None and gap <= band)
+    return dict(recipe_ok=recipe_ok, target=target, reference=reference, spread=spread,
+                band=band, floor=floor, factor=factor, runs=runs,
+                passed=recipe_ok and all(r['passed'] for r in runs.values()))
+
+
+def time_to_accuracy(curve: list, threshold: float) -> dict | None:
+    """The first evaluation of a learning curve (``[dict(iter, train_s, bbox_mAP)]``) at or
+    above ``threshold``: ``dict(iter, train_s)``, or None if none reaches it."""
+    if threshold is None or not math.isfinite(threshold):
+        return None
+    for p in curve or []:
+        m = p.get('bbox_mAP')
+        if m is not None and m >= threshold:
+            return dict(iter=p['iter'], train_s=p['train_s'])
+    return None
+
+
+def paired_step_time(a: list, b: list, blocks: int = 20, warmup: float = 0.05) -> dict | None:
+    """How much longer an iteration of run b takes than the same iteration of run a (same
+    batch: the parity runs see the same data in the same order), with a 95 % interval.
+
+    The first ``warmup`` fraction of the iterations (cuDNN and Triton compile, allocator
+    growth) is left out; the rest is cut into ``blocks`` runs of consecutive iterations, each
+    block gives the median of its paired differences (robust to the odd slow iteration), and
+    the interval is the t-interval over the block medians (consecutive iterations are not
+    independent; blocks nearly are). ``rel``: the differences relative to run a's median
+    iteration time. None with fewer than 4 pairs per block after the warm-up.
+    """
+    n = min(len(a), len(b))
+    skip = int(math.ceil(n * warmup))
+    d = [float(b[i]) - float(a[i]) for i in range(skip, n)]
+    blocks = min(blocks, len(d) // 4)
+    if blocks < 2:
+        return None
+    size = len(d) // blocks
+    meds = [float(np.median(d[k * size:(k + 1) * size])) for k in range(blocks)]
+    base = float(np.median([float(x) for x in a[skip:n]]))
+    ms = mean_interval(meds)
+    return dict(ms, rel=relative(ms, base), base_s=base, blocks=blocks, pairs=len(d),
+                skipped=skip)

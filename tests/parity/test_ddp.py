@@ -13,7 +13,7 @@ from mmdet_focal_triton.parity import DDPParityOptions, ddp, ddp_config  # noqa:
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {'cpu': REPO / 'configs/parity/retinanet_r18_fpn_synthetic_cpu.py',
-           'cuda': REPO / 'configs/parity/retinanet_r50_fpn_synthetic_gpu.py'}
+           'cuda': REPO / 'configs/parity/retinanet_r18_fpn_synthetic_gpu.py'}
 
 
 # (ids not 'cuda': tests/conftest.py skips items with a 'cuda' keyword on CPU; none is needed)
@@ -29,7 +29,7 @@ def test_derived_configs(device, tmp_path):
         types_ = [t['type'] for t in dl.dataset.pipeline]
         assert not any('Flip' in t for t in types_) and 'Resize' in types_
         resize = next(t for t in dl.dataset.pipeline if t['type'] == 'Resize')
-        assert tuple(resize['scale']) == ((1333, 800) if device == 'cuda' else (256, 256))
+        assert tuple(resize['scale']) == ((256, 256) if device == 'cuda' else (192, 192))
         assert cfg.custom_hooks[-1] == dict(type='AverageLogVarsHook')
         assert 'mmdet_focal_triton' in cfg.custom_imports['imports']
         assert cfg.model.backbone.norm_cfg['type'] == ('SyncBN' if device == 'cuda'
