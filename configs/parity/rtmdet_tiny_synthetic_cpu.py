@@ -14,6 +14,10 @@
 # - the base's AdamW (weight decay 0.05, none on norms and biases) at lr 2e-3 (the base's 4e-3
 #   is tuned for batch 256), a 50-iteration warm-up and a cosine decay to the last iteration,
 #   gradient clipping at 35; batch 8, 600 iterations.
+# Measured 2026-12-04 (mmdet's loss, 1 core): bbox_mAP 0.035 / 0.093 / 0.245 / 0.324 after
+# 150 / 300 / 450 / 600 iterations, 1.23 s per iteration (RTMDet-tiny costs twice the CPU
+# RetinaNet recipe's iteration): ~6 minutes per training with 2 threads. The target, 0.25,
+# leaves room for the run-to-run spread below that single measurement.
 # The loss stays mmdet's `QualityFocalLoss`: tools/parity.py trains it once as it is and once
 # with `swap_focal_loss()` (-> `TritonQualityFocalLoss`), from the same initial weights and data
 # order. RTMDet's head calls it once per level (3 calls per iteration) with (labels, scores)
@@ -38,7 +42,7 @@ warmup = 50
 
 # what tools/parity.py uses when its options are not given (the RetinaNet CPU config's say why)
 parity = dict(iters=iters, eval_interval=150, num_train=1000, num_val=100, img_size=192,
-              dataset=dict(style='easy', max_objects=4), target_map=0.3, control='auto')
+              dataset=dict(style='easy', max_objects=4), target_map=0.25, control='auto')
 
 norm_cfg = dict(type='BN')
 model = dict(

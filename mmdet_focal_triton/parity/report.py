@@ -194,7 +194,7 @@ def write_summary(path: Path, report: dict) -> str:
              + (f", **fault injected: {s['fault']}**" if s.get('fault') else '')
              + f". {report['date']}.", '', '## Checks', '',
              '| check | value | tolerance | result |', '|---|---|---|---|']
-    lines += [f'| {a} | {b} | {c} | {d} |' for a, b, c, d in check_rows(report)]
+    lines += ['| ' + ' | '.join(_md(c) for c in row) + ' |' for row in check_rows(report)]
     if report.get('reasons'):
         lines += ['', '**Reasons:** ' + '; '.join(report['reasons'])]
     cols = [c or _tta_title(report) for c in RUN_COLUMNS]
@@ -268,6 +268,11 @@ def write_summary(path: Path, report: dict) -> str:
     text = '\n'.join(lines)
     path.write_text(text)
     return text
+
+
+def _md(cell) -> str:
+    """A table cell for markdown: its own '|' escaped."""
+    return str(cell).replace('|', '\\|')
 
 
 def tol_source(report: dict) -> str:
