@@ -25,8 +25,9 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA,
 
 
 def pytest_collection_modifyitems(config, items):
+    # the marker, not the keywords: a parametrize id 'cuda' is a keyword of a CPU test too
     for item in items:
-        if 'cuda' in item.keywords and not HAS_CUDA:
+        if item.get_closest_marker('cuda') is not None and not HAS_CUDA:
             item.add_marker(requires_cuda)
 
 
