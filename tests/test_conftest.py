@@ -1,8 +1,7 @@
 """tests/conftest.py: tests marked `cuda` are skipped (visibly) without a GPU; nothing else is,
 whatever its parameters are called."""
-import pytest
-
 import conftest
+import pytest
 
 
 class _Item:
