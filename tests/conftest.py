@@ -46,6 +46,16 @@ def poison():
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
 
+@pytest.fixture
+def mmdet_scope():
+    """mmdet's registry scope for a test, whatever an earlier test module left current (a Runner
+    built elsewhere makes 'mmengine' the current scope, where mmdet's names are not found)."""
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
 @pytest.fixture(scope='module')
 def one_torch_thread():
     """CPU CI has 2 cores shared with pytest itself: with 2 intra-op threads the OpenMP pool

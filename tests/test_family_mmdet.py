@@ -12,6 +12,8 @@ from _pairwise import grid, is_cuda
 from _tolerances import as_computed, check
 from mmdet.registry import MODELS
 
+pytestmark = pytest.mark.usefixtures('mmdet_scope')
+
 
 def _family_params(factors, losses=LOSSES, full=is_cuda):
     params = []

@@ -22,6 +22,7 @@ import mmdet
 import pytest
 import torch
 import torch.nn.functional as F
+from _pairwise import all_pairs
 from _tolerances import check, rel_err, tolerance
 from mmdet.models.losses import FocalLoss as MMDetFocalLoss
 from mmdet.registry import MODELS
@@ -171,32 +172,18 @@ def check_parity(loss_cfg, target_kind, weight_kind, reduction_override, avg_kin
     assert ref_grad.abs().sum() > 0 or (weight is not None and weight.abs().sum() == 0)
 
 
-def _target_kinds(cfg_name):
-    # mmdet's activated path one-hot encodes class indices: it takes no dense target
-    return ['index', 'index-all-background'] if LOSS_CFGS[cfg_name].get('activated') \
-        else TARGETS
+# every pair of values of any two of: dtype, loss config, target, weight, reduction_override,
+# avg_factor (tests/_pairwise.py); mmdet's activated path takes class indices and dense targets
+GRID = all_pairs([[torch.float32, torch.float64], list(LOSS_CFGS), TARGETS, WEIGHTS, REDUCTIONS,
+                  AVG_FACTORS])
 
 
-CASES = [(c, t, w) for c in LOSS_CFGS for t in _target_kinds(c) for w in WEIGHTS]
-
-
-@pytest.mark.parametrize('reduction_override', REDUCTIONS, ids=str)
-@pytest.mark.parametrize('cfg_name,target_kind,weight_kind', CASES,
-                         ids=[f'{c}-{t}-w{w}' for c, t, w in CASES])
-def test_parity_fp32(cfg_name, target_kind, weight_kind, reduction_override):
-    for avg_kind in AVG_FACTORS:
-        check_parity(LOSS_CFGS[cfg_name], target_kind, weight_kind, reduction_override,
-                     avg_kind, torch.float32)
-
-
-@pytest.mark.parametrize('reduction_override', REDUCTIONS, ids=str)
-@pytest.mark.parametrize('avg_kind', AVG_FACTORS, ids=str)
-@pytest.mark.parametrize('cfg_name', list(LOSS_CFGS))
-def test_parity_fp64(cfg_name, avg_kind, reduction_override):
-    for target_kind in _target_kinds(cfg_name):
-        for weight_kind in (None, 'row', 'flat'):
-            check_parity(LOSS_CFGS[cfg_name], target_kind, weight_kind, reduction_override,
-                         avg_kind, torch.float64)
+@pytest.mark.parametrize('dtype,cfg_name,target_kind,weight_kind,reduction_override,avg_kind',
+                         GRID, ids=['-'.join(str(v).replace('torch.', '') for v in row)
+                                    for row in GRID])
+def test_parity(dtype, cfg_name, target_kind, weight_kind, reduction_override, avg_kind):
+    check_parity(LOSS_CFGS[cfg_name], target_kind, weight_kind, reduction_override, avg_kind,
+                 dtype)
 
 
 @pytest.mark.parametrize('weight_kind', [None, 'row', 'flat'])

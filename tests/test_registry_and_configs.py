@@ -53,17 +53,9 @@ from mmdet_focal_triton import (
 register_all_modules(init_default_scope=True)
 
 
-@pytest.fixture(autouse=True)
-def _mmdet_scope():
-    """mmdet's registry scope for every test, whatever an earlier test module left current
-    (a Runner built elsewhere makes 'mmengine' the current scope)."""
-    from mmengine.registry import DefaultScope
-
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        yield
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+pytestmark = pytest.mark.usefixtures('one_torch_thread', 'mmdet_scope')
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # the three-line configs of configs/README.md (configs/ holds other tools' configs too)
