@@ -276,7 +276,8 @@ def test_direct_launch_matches_jit_launch_cuda(loss, layout, reduction):
             (grad,) = torch.autograd.grad(out, pred, up)
             if i == 0:
                 before = _kernel_of(loss, layout).direct_launches
-                assert len(launcher._WORKSPACES) >= 1
+                # a reduced loss reduces in a workspace of the stream's own
+                assert reduction == 'none' or len(launcher._WORKSPACES) >= 1
             results.append((out, grad))
         launches = 2 if reduction == 'mean' else 4  # 'none': the backward is a launch of it too
         assert _kernel_of(loss, layout).direct_launches - before == launches
