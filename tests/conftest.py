@@ -13,10 +13,16 @@ try:
 
     HAS_CUDA = torch.cuda.is_available()
 except ImportError:  # pragma: no cover
+    torch = None
     HAS_CUDA = False
 
 if not HAS_CUDA:
     os.environ.setdefault('TRITON_INTERPRET', '1')
+
+if torch is not None and os.environ.get('PYTEST_XDIST_WORKER') and not HAS_CUDA:
+    # pytest-xdist (addopts: a worker per core, a test file per worker): each worker one intra-op
+    # thread, so that the workers do not oversubscribe the cores
+    torch.set_num_threads(1)
 
 INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
 
@@ -24,11 +30,26 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA,
                                    reason='needs a CUDA GPU (runs on the GPU machine)')
 
 
+# The test files that take longest on the 2-core CI machine (30-150 s each), longest first: they
+# run first, so that pytest-xdist's workers (pyproject.toml: a test file per worker, in collection
+# order) do not end with one of them running alone. The other files follow in their order.
+LONGEST_FIRST = ('test_tools.py', 'parity/test_run.py', 'test_family_numbers.py',
+                 'parity/test_ddp_cpu.py', 'parity/test_family_parity.py', 'test_mmdet_configs.py',
+                 'test_family_autograd.py')
+
+
+def _file_rank(item):
+    path = item.nodeid.split('::')[0]
+    return next((i for i, name in enumerate(LONGEST_FIRST) if path == f'tests/{name}'),
+                len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
     # the marker, not the keywords: a parametrize id 'cuda' is a keyword of a CPU test too
     for item in items:
         if item.get_closest_marker('cuda') is not None and not HAS_CUDA:
             item.add_marker(requires_cuda)
+    items.sort(key=_file_rank)  # stable: each file's tests keep their order
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ import pytest
 
 
 class _Item:
-    def __init__(self, keywords, marker):
+    def __init__(self, keywords, marker, nodeid='tests/test_x.py::test_x'):
+        self.nodeid = nodeid
         self.keywords = dict.fromkeys(keywords, 1)
         self.marker = marker
         self.added = []
@@ -31,3 +32,13 @@ def test_only_the_cuda_marker_skips(has_cuda, monkeypatch):
 @pytest.mark.parametrize('where', ['cuda'])
 def test_a_cpu_test_with_a_parameter_named_cuda_runs(where, request):
     assert where == 'cuda' and request.node.get_closest_marker('cuda') is None
+
+
+def test_longest_files_first_each_keeping_its_order():
+    names = ['tests/test_a.py::t1', 'tests/test_tools.py::t1', 'tests/test_a.py::t2',
+             'tests/parity/test_run.py::t1', 'tests/test_tools.py::t2']
+    items = [_Item([], None, n) for n in names]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.nodeid for i in items] == [
+        'tests/test_tools.py::t1', 'tests/test_tools.py::t2', 'tests/parity/test_run.py::t1',
+        'tests/test_a.py::t1', 'tests/test_a.py::t2']

@@ -41,7 +41,9 @@ MMDET_SPEC='mmdet==3.3.0'
 # one-element array, which triton 3.6's interpreter does for loop bounds (`range(0, n, BLOCK)`).
 NUMPY_SPEC='numpy>=2,<2.4'
 # test / tooling dependencies (not pinned tightly: nothing in them is version-sensitive here)
-DEV_SPECS=('pytest>=8' 'pytest-timeout' 'matplotlib>=3.8' 'pycocotools>=2.0.8' 'rich>=13' 'ruff')
+# (pytest-xdist: the suite runs a worker per core, pyproject.toml's addopts)
+DEV_SPECS=('pytest>=8' 'pytest-timeout' 'pytest-xdist' 'matplotlib>=3.8' 'pycocotools>=2.0.8'
+           'rich>=13' 'ruff')
 # optional packages some mmdet 3.3.0 configs need to build their model (tests/test_mmdet_configs.py
 # builds every config of the focal family): scikit-image for BoxInst; fairscale for Grounding
 # DINO's checkpointing (those configs then need Hugging Face transformers and a download of
