@@ -20,14 +20,14 @@ if not HAS_CUDA:
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
 if torch is not None and os.environ.get('PYTEST_XDIST_WORKER') and not HAS_CUDA:
-    # pytest-xdist (addopts: a worker per core, a test file per worker): each worker one intra-op
-    # thread, so that the workers do not oversubscribe the cores
+    # pytest-xdist (addopts: a worker per core, a test file per worker): one intra-op thread per
+    # worker and per process a test starts (trainings, tools), so that they do not
+    # oversubscribe the cores (two 2-thread torch jobs on 2 cores run many times slower)
     torch.set_num_threads(1)
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
 
 INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA,
-                                   reason='needs a CUDA GPU (runs on the GPU machine)')
 
 
 # The test files that take longest on the 2-core CI machine (30-150 s each), longest first: they
@@ -45,10 +45,14 @@ def _file_rank(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    # the marker, not the keywords: a parametrize id 'cuda' is a keyword of a CPU test too
-    for item in items:
-        if item.get_closest_marker('cuda') is not None and not HAS_CUDA:
-            item.add_marker(requires_cuda)
+    """Without a GPU, the tests marked `cuda` are collected and deselected (the summary line
+    counts them: "N deselected"); they run on the GPU machine (README, Tests). The marker
+    decides, not the keywords: a parametrize id 'cuda' is a keyword of a CPU test too."""
+    if not HAS_CUDA:
+        cuda = [item for item in items if item.get_closest_marker('cuda') is not None]
+        if cuda:
+            config.hook.pytest_deselected(items=cuda)
+            items[:] = [item for item in items if item.get_closest_marker('cuda') is None]
     items.sort(key=_file_rank)  # stable: each file's tests keep their order
 
 
