@@ -424,7 +424,7 @@ def test_model_losses_and_gradients_match_mmdet_fp32(name, _mmdet_scope):
     assert ours.backbone.layer4[0].downsample[0].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize('name', list(MODEL_BASES))
+@pytest.mark.parametrize('name', ['retinanet'])  # (the fp32 test runs all three)
 def test_model_losses_and_gradients_match_mmdet_fp64(name, _mmdet_scope):
     ref, ours = _build_pair(name, torch.float64)
     packed = _batch()
