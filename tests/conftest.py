@@ -13,21 +13,47 @@ try:
 
     HAS_CUDA = torch.cuda.is_available()
 except ImportError:  # pragma: no cover
+    torch = None
     HAS_CUDA = False
 
 if not HAS_CUDA:
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+if torch is not None and os.environ.get('PYTEST_XDIST_WORKER') and not HAS_CUDA:
+    # pytest-xdist (addopts: a worker per core, a test file per worker): one intra-op thread per
+    # worker and per process a test starts (trainings, tools), so that they do not
+    # oversubscribe the cores (two 2-thread torch jobs on 2 cores run many times slower)
+    torch.set_num_threads(1)
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
+
 INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA,
-                                   reason='needs a CUDA GPU (runs on the GPU machine)')
+
+
+# The test files that take longest on the 2-core CI machine (30-150 s each), longest first: they
+# run first, so that pytest-xdist's workers (pyproject.toml: a test file per worker, in collection
+# order) do not end with one of them running alone. The other files follow in their order.
+LONGEST_FIRST = ('test_tools.py', 'parity/test_run.py', 'test_family_numbers.py',
+                 'parity/test_ddp_cpu.py', 'parity/test_family_parity.py', 'test_mmdet_configs.py',
+                 'test_family_autograd.py')
+
+
+def _file_rank(item):
+    path = item.nodeid.split('::')[0]
+    return next((i for i, name in enumerate(LONGEST_FIRST) if path == f'tests/{name}'),
+                len(LONGEST_FIRST))
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if 'cuda' in item.keywords and not HAS_CUDA:
-            item.add_marker(requires_cuda)
+    """Without a GPU, the tests marked `cuda` are collected and deselected (the summary line
+    counts them: "N deselected"); they run on the GPU machine (README, Tests). The marker
+    decides, not the keywords: a parametrize id 'cuda' is a keyword of a CPU test too."""
+    if not HAS_CUDA:
+        cuda = [item for item in items if item.get_closest_marker('cuda') is not None]
+        if cuda:
+            config.hook.pytest_deselected(items=cuda)
+            items[:] = [item for item in items if item.get_closest_marker('cuda') is None]
+    items.sort(key=_file_rank)  # stable: each file's tests keep their order
 
 
 @pytest.fixture
@@ -43,6 +69,16 @@ def poison():
     yield
     torch.use_deterministic_algorithms(old)
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
+
+
+@pytest.fixture
+def mmdet_scope():
+    """mmdet's registry scope for a test, whatever an earlier test module left current (a Runner
+    built elsewhere makes 'mmengine' the current scope, where mmdet's names are not found)."""
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
 
 
 @pytest.fixture(scope='module')

@@ -10,8 +10,7 @@ broadcasting; VFL its elementwise loss.
 """
 import torch
 import torch.nn.functional as F
-
-EPS = torch.finfo(torch.float32).eps
+from reference import avg_factor_plus_eps
 
 
 def weight_reduce_loss(loss, weight=None, reduction='mean', avg_factor=None):
@@ -20,8 +19,7 @@ def weight_reduce_loss(loss, weight=None, reduction='mean', avg_factor=None):
     if avg_factor is None:
         return {'none': loss, 'mean': loss.mean(), 'sum': loss.sum()}[reduction]
     if reduction == 'mean':
-        af = avg_factor.double() if isinstance(avg_factor, torch.Tensor) else avg_factor
-        return loss.sum() / (af + EPS)
+        return loss.sum() / avg_factor_plus_eps(avg_factor)
     if reduction != 'none':
         raise ValueError('avg_factor can not be used with reduction="sum"')
     return loss

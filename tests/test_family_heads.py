@@ -21,16 +21,8 @@ from mmdet_focal_triton.mm_utils import load_mmdet_config
 register_all_modules(init_default_scope=True)
 
 
-@pytest.fixture(autouse=True)
-def _mmdet_scope():
-    """mmdet's registry scope for every test, whatever an earlier test module left current
-    (a Runner built elsewhere makes 'mmengine' the current scope)."""
-    from mmengine.registry import DefaultScope
 
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        yield
-
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+pytestmark = pytest.mark.usefixtures('one_torch_thread', 'mmdet_scope')
 
 HEADS = {
     'rtmdet': 'rtmdet/rtmdet_tiny_8xb32-300e_coco.py',

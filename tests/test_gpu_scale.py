@@ -1,7 +1,8 @@
 """At scale on a GPU (SPEC §3, issue "prove it at scale"): more than 2**31 elements, any device
 index, bitwise determinism, fp16 logits up to 1e4 against mmcv's op, and torch.compile of a whole
-RetinaNet head loss. Marked `cuda`: skipped (visibly) without a GPU. Each test prints its numbers;
-`python -m pytest tests/test_gpu_scale.py -s` on the GPU machine reproduces docs/gpu-validation.md.
+RetinaNet head loss. Marked `cuda`: deselected (and counted) without a GPU. Each test prints its
+numbers; `python -m pytest tests/test_gpu_scale.py -s` on the GPU machine reproduces
+docs/gpu-validation.md.
 """
 import json
 import os

@@ -23,7 +23,7 @@ from _inputs import (
 )
 
 import mmdet_focal_triton as mft
-from mmdet_focal_triton.ops import autograd, focal, launcher, quality_focal, varifocal
+from mmdet_focal_triton.ops import autograd, focal, launcher, quality_focal, tuning, varifocal
 from mmdet_focal_triton.ops.spec import FocalSpec, QualityFocalSpec, VarifocalSpec
 
 OPS = (focal, quality_focal, varifocal)
@@ -205,7 +205,8 @@ def test_flags_from_values_equal_packed_spec(spec_cls, fields):
         typed = [bool(v) if spec_cls.__annotations__[f] is bool else v
                  for f, v in zip(spec_cls._fields, values)]
         assert spec_cls.flags(*typed) == spec_cls(*typed).pack()
-        assert spec_cls.unpack(spec_cls.flags(*typed)) == spec_cls(*typed)
+        back = spec_cls.unpack(spec_cls.flags(*typed))
+        assert back == spec_cls(*typed) and [type(v) for v in back] == [type(v) for v in typed]
 
 
 def test_tensor_leaked_from_a_torch_func_transform():
@@ -226,38 +227,114 @@ def test_tensor_leaked_from_a_torch_func_transform():
                                mft.sigmoid_focal_loss(x, lab))
 
 
+def test_launch_config_precedence():
+    """TUNING overrides the measured table, which overrides the rule of default_block_c; the
+    resolved configuration is cached, and set_tuning drops the cache."""
+    assert tuning.launch_config(48, torch.float32)['block_c'] == tuning.default_block_c(48) == 16
+    measured = tuning.launch_config(80, torch.float32)
+    assert (measured['block_r'], measured['block_c']) == (32, 32)  # the H200 sweep's winner
+    assert tuning.launch_config(80, torch.float32) is measured  # cached
+    try:
+        tuning.set_tuning(block_c=16, tile=4096, num_warps=4)
+        cfg = tuning.launch_config(80, torch.float32)
+        assert (cfg['block_r'], cfg['block_c'], cfg['num_warps']) == (256, 16, 4)
+        with pytest.raises(ValueError, match='unknown tuning keys'):
+            tuning.set_tuning(blocks=3)
+    finally:
+        tuning.reset_tuning()
+    assert tuning.launch_config(80, torch.float32) == measured
+
+
+# ---- on the GPU ------------------------------------------------------------------------------
+def _kernel_of(loss, layout):
+    if loss == 'focal':
+        return focal._kernel(layout)
+    return quality_focal._KERNEL if loss == 'qfl' else varifocal._KERNEL
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize('loss', ['qfl', 'vfl'])
+@pytest.mark.parametrize('loss,layout', [('focal', 'rows'), ('focal', 'flat'), ('qfl', None),
+                                         ('vfl', None)])
 @pytest.mark.parametrize('reduction', ['mean', 'none'])
-def test_direct_launch_matches_jit_launch_cuda(loss, reduction):
+def test_direct_launch_matches_jit_launch_cuda(loss, layout, reduction):
     """On the GPU: the first call of a specialisation compiles through Triton's JIT (tensors),
     the next ones launch the cached kernel directly (pointers as ints): bitwise the same loss
-    and gradient (the focal loss's twin is in test_op_registration.py)."""
-    from mmdet_focal_triton.ops import launcher as lch
+    and gradient, and the direct launches counted (the focal loss in both of its layouts)."""
+    if layout:
+        mft.set_tuning(layout=layout)  # also drops the compiled-kernel cache
+    launcher.clear_cache()
+    try:
+        build, cases = CASES[loss]
+        case = next(c for c in cases if c[1] != 'none' and c[2] == reduction)
+        g = make_generator('direct-cuda', loss, layout, reduction)
+        af = torch.tensor(9.0, device='cuda') if reduction == 'mean' else None
+        pred, call = build((*case[:3], af), g, 'cuda')
+        results = []
+        for i in range(3):
+            out = call()
+            up = torch.full(out.shape, 0.5, device='cuda')
+            (grad,) = torch.autograd.grad(out, pred, up)
+            if i == 0:
+                before = _kernel_of(loss, layout).direct_launches
+                # a reduced loss reduces in a workspace of the stream's own
+                assert reduction == 'none' or len(launcher._WORKSPACES) >= 1
+            results.append((out, grad))
+        launches = 2 if reduction == 'mean' else 4  # 'none': the backward is a launch of it too
+        assert _kernel_of(loss, layout).direct_launches - before == launches
+        for out, grad in results[1:]:
+            assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+    finally:
+        mft.set_tuning(layout=None)
 
-    lch.clear_cache()
-    g = make_generator('direct-cuda', loss, reduction)
-    pred = make_pred(3001, 80, torch.float32, 'cuda', g).requires_grad_(True)
-    if loss == 'qfl':
-        target = make_qfl_target('tuple', 3001, 80, 'cuda', g)
-        weight = torch.rand(3001, generator=g).to('cuda')
-        kernel_of = lambda: quality_focal._KERNEL  # noqa: E731
-        fn = mft.quality_focal_loss
-    else:
-        target = make_vfl_target('iou', 3001, 80, 'cuda', g)
-        weight = torch.rand(3001, 1, generator=g).to('cuda')
-        kernel_of = lambda: varifocal._KERNEL  # noqa: E731
-        fn = mft.varifocal_loss
-    results = []
-    for i in range(3):
-        out = fn(pred, target, weight, reduction=reduction,
-                 avg_factor=torch.tensor(9.0, device='cuda') if reduction == 'mean' else None)
-        up = torch.full(out.shape, 0.5, device='cuda')
-        (grad,) = torch.autograd.grad(out, pred, up)
-        if i == 0:
-            before = kernel_of().direct_launches
-        results.append((out, grad))
-    launches = 2 if reduction == 'mean' else 4  # 'none': the backward is a launch of it too
-    assert kernel_of().direct_launches - before == launches
-    for out, grad in results[1:]:
-        assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+@pytest.mark.cuda
+def test_streams_get_their_own_workspace():
+    """Losses on two streams at once: each stream reduces in its own workspace."""
+    g = make_generator('streams')
+    preds = [make_pred(20000, 80, torch.float32, 'cuda', g) for _ in range(2)]
+    labs = [make_target('index', 20000, 80, 'cuda', g) for _ in range(2)]
+    want = [mft.sigmoid_focal_loss(p, t) for p, t in zip(preds, labs)]
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    torch.cuda.synchronize()
+    outs = []
+    for _ in range(20):
+        for s, p, t in zip(streams, preds, labs):
+            with torch.cuda.stream(s):
+                outs.append(mft.sigmoid_focal_loss(p, t))
+    torch.cuda.synchronize()
+    for i, out in enumerate(outs):
+        assert torch.equal(out, want[i % 2])
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_with_input_check():
+    """Captured in a CUDA graph, the loss + backward replays right, and the input check (a
+    kernel write to host-mapped memory) still reports bad labels of a replay."""
+    g = make_generator('graph')
+    base = make_pred(5000, 80, torch.float32, 'cuda', g)
+    lab = make_target('index', 5000, 80, 'cuda', g)
+    x = base.clone().requires_grad_(True)
+    ref = mft.sigmoid_focal_loss(x, lab, avg_factor=7.0)
+    (gref,) = torch.autograd.grad(ref, x)
+    ref = ref.detach()
+    # the captured graph's leaf: first used, warmed up and captured on one side stream (its
+    # AccumulateGrad node belongs to the stream of its first use)
+    pred = base.clone().requires_grad_(True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            (grad,) = torch.autograd.grad(mft.sigmoid_focal_loss(pred, lab, avg_factor=7.0), pred)
+    torch.cuda.current_stream().wait_stream(side)
+    del grad
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        out = mft.sigmoid_focal_loss(pred, lab, avg_factor=7.0)
+        (grad,) = torch.autograd.grad(out, pred)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref) and torch.equal(grad, gref)
+    lab[17] = 1000  # a bad label, seen by the next replay
+    graph.replay()
+    with pytest.raises(ValueError, match=r'outside \[0, 80\]'):
+        mft.check_pending_inputs()

@@ -54,10 +54,11 @@ def _close(a, b, tol=1e-5):
 @pytest.mark.parametrize('loss_class', [TritonFocalLoss])
 def test_loss_with_reduction_override(loss_class):
     pred = torch.rand((10, 4))
-    target = torch.rand((10, 4)),
+    target = torch.rand((10, 4))  # (mmdet's original has a stray comma: a tuple)
     weight = None
+    assert isinstance(loss_class()(pred, target, weight), torch.Tensor)  # the call itself works
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match='reduction_override'):
         # only reduction_override from [None, 'none', 'mean', 'sum']
         # is not allowed
         reduction_override = True

@@ -1,173 +1,133 @@
-"""Registry, config helper, shipped configs, tools/train.py, and every mmdet config with FocalLoss.
+"""The package in mmdet's world: registry, the opt-in replacement of mmdet's losses, the config
+swap helper, the shipped configs and tools/train.py, for the whole focal family.
 
-* TritonFocalLoss builds from a config dict through mmdet's MODELS registry; importing the package
-  leaves mmdet's own FocalLoss in place; replace_mmdet_focal_loss() / mmdet_focal_triton.override
-  replace it (and the tests restore it).
-* swap_focal_loss: nested dicts / lists, scoped types, FocalLossCost & co. untouched,
-  custom_imports merging, idempotence, mmengine.Config and plain dicts, lazy (class / LazyObject)
-  types, a dumped config that rebuilds.
-* configs/**: each shipped config is exactly its mmdet base with the loss swapped (so gamma /
-  alpha / loss_weight are the base's) plus custom_imports, and its model builds with
-  TritonFocalLoss in place of FocalLoss.
+* TritonFocalLoss, TritonQualityFocalLoss and TritonVarifocalLoss build from config dicts
+  (tests/test_family_mmdet.py: their arguments); importing the package leaves mmdet's classes in
+  place; replace_mmdet_focal_loss() / mmdet_focal_triton.override replace them (the tests
+  restore them), also where a module builds its loss from its own defaults (DDQ).
+* swap_focal_loss / swap_focal_family: nested dicts and lists, scoped types, classes and lazy
+  (LazyObject) types, FocalLossCost & co. untouched, custom_imports merged, idempotent,
+  restricted to some losses, mmengine.Config and plain dicts, a dumped config that rebuilds.
+* configs/**: each shipped config is exactly its mmdet base with the losses swapped (so their
+  arguments are the base's) plus custom_imports, and its model builds with ours in place.
 * tools/train.py: mmdet's command line and config handling plus --triton-focal; runner_type.
-* every config shipped in mmdet 3.3.0 (mmdet/.mim/configs) whose model uses FocalLoss, found by
-  loading all of them, builds after swap_focal_loss; the ones that cannot build here must fail
-  for a reason unrelated to the loss (a package that is not installed, named in the error).
+(Every mmdet 3.3.0 config of the family: tests/test_mmdet_configs.py.)
 """
-import ast
 import copy
 import glob
 import importlib
 import importlib.util
-import json
 import os
 import os.path as osp
-import re
 import subprocess
 import sys
-import tempfile
-import time
 
-import mmdet
 import pytest
 import torch
+from _configs import (
+    FAMILY,
+    base_name,
+    base_of,
+    loss_dicts,
+    offline_model_cfg,
+    resolve_mmdet_path,
+    strip_scope,
+)
 from mmdet.models.losses import FocalLoss as MMDetFocalLoss
-from mmdet.models.losses import QualityFocalLoss as MMDetQualityFocalLoss
-from mmdet.models.losses import VarifocalLoss as MMDetVarifocalLoss
+from mmdet.models.losses import QualityFocalLoss as MMDetQFL
+from mmdet.models.losses import VarifocalLoss as MMDetVFL
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 from mmengine.utils import import_modules_from_strings
 
 import mmdet_focal_triton
-from mmdet_focal_triton import TritonFocalLoss, swap_focal_family, swap_focal_loss
+from mmdet_focal_triton import (
+    TritonFocalLoss,
+    TritonQualityFocalLoss,
+    TritonVarifocalLoss,
+    swap_focal_family,
+    swap_focal_loss,
+)
 
 register_all_modules(init_default_scope=True)
 
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread', 'mmdet_scope')
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 # the three-line configs of configs/README.md (configs/ holds other tools' configs too)
-SHIPPED = sorted(glob.glob(osp.join(REPO, 'configs', '*', '*triton-focal*.py')))
-FOCAL_TYPES = ('FocalLoss', 'mmdet.FocalLoss')
-
-
-# ------------------------------------------------------------------------------- helpers
-def walk_dicts(node):
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from walk_dicts(v)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            yield from walk_dicts(v)
-
-
-def focal_dicts(model_cfg, types=FOCAL_TYPES):
-    return [d for d in walk_dicts(model_cfg) if isinstance(d.get('type'), str)
-            and d['type'] in types]
-
-
-def offline_model_cfg(model_cfg):
-    """A copy that builds without the network: backbone init_cfg and any `pretrained` -> None,
-    and LAD's `teacher_ckpt` (a checkpoint its constructor downloads) -> None."""
-    model_cfg = copy.deepcopy(model_cfg)
-    for d in walk_dicts(model_cfg):
-        for key in ('pretrained', 'teacher_ckpt'):
-            if key in d:
-                d[key] = None
-        if isinstance(d.get('backbone'), dict):
-            d['backbone']['init_cfg'] = None
-    return model_cfg
-
-
-def loss_modules(model):
-    return [m for m in model.modules() if isinstance(m, (MMDetFocalLoss, TritonFocalLoss))]
-
-
-def resolve_mmdet_path(path):
-    assert path.startswith('mmdet::'), path
-    return osp.join(MMDET_CONFIGS, path[len('mmdet::'):])
-
-
-def strip_scope(node):
-    """Drop the `_scope_` keys mmengine adds to what a config inherits from `mmdet::` bases
-    (those dicts are built in mmdet's scope, which is also the default scope here)."""
-    if isinstance(node, dict):
-        return {k: strip_scope(v) for k, v in node.items() if k != '_scope_'}
-    if isinstance(node, (list, tuple)):
-        return type(node)(strip_scope(v) for v in node)
-    return node
-
-
-def base_of(config_file):
-    """The `_base_` of a shipped config, read from its source."""
-    tree = ast.parse(open(config_file).read())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', None) == '_base_':
-            return ast.literal_eval(node.value)
-    raise AssertionError(f'{config_file} has no _base_')
+SHIPPED = sorted(glob.glob(osp.join(REPO, 'configs', '*', '*triton-*.py')))
+OURS = {'FocalLoss': TritonFocalLoss, 'QualityFocalLoss': TritonQualityFocalLoss,
+        'VarifocalLoss': TritonVarifocalLoss}
+MMDETS = {'FocalLoss': MMDetFocalLoss, 'QualityFocalLoss': MMDetQFL, 'VarifocalLoss': MMDetVFL}
 
 
 # ------------------------------------------------------------------------------- registry
-def test_build_from_config_dict():
-    loss = MODELS.build(dict(type='TritonFocalLoss', use_sigmoid=True, gamma=1.5, alpha=0.3,
-                             reduction='sum', loss_weight=2.0))
-    assert type(loss) is TritonFocalLoss
-    assert (loss.use_sigmoid, loss.gamma, loss.alpha, loss.reduction, loss.loss_weight,
-            loss.activated) == (True, 1.5, 0.3, 'sum', 2.0, False)
-    # scoped name (what a config of another OpenMMLab codebase would write)
-    assert type(MODELS.build(dict(type='mmdet.TritonFocalLoss'))) is TritonFocalLoss
-    # defaults are mmdet's
-    d, ref = MODELS.build(dict(type='TritonFocalLoss')), MMDetFocalLoss()
-    for name in ('use_sigmoid', 'gamma', 'alpha', 'reduction', 'loss_weight', 'activated'):
-        assert getattr(d, name) == getattr(ref, name)
-    # and it computes the loss
-    pred, target = torch.randn(6, 4), torch.tensor([0, 4, 3, 1, 4, 2])
-    torch.testing.assert_close(loss(pred, target), MMDetFocalLoss(
-        gamma=1.5, alpha=0.3, reduction='sum', loss_weight=2.0)(pred, target))
-
-
-def test_import_does_not_replace_mmdet_focal_loss():
-    importlib.reload(mmdet_focal_triton)  # importing (again) must not touch FocalLoss
-    assert MODELS.get('FocalLoss') is MMDetFocalLoss
-    assert type(MODELS.build(dict(type='FocalLoss'))) is MMDetFocalLoss
-    assert MODELS.get('TritonFocalLoss') is mmdet_focal_triton.TritonFocalLoss
+def test_import_does_not_replace_mmdets_losses():
+    importlib.reload(mmdet_focal_triton)  # importing (again) replaces nothing
+    for name in FAMILY:
+        assert MODELS.get(name) is MMDETS[name]
+        assert type(MODELS.build(dict(type=name))) is MMDETS[name]
+        assert MODELS.get(f'Triton{name}') is OURS[name]
 
 
 @pytest.fixture
-def restore_focal_loss():
+def restore_family():
     yield
-    # replace_mmdet_focal_loss() replaces the whole focal family: restore all three
-    for name, cls in (('FocalLoss', MMDetFocalLoss), ('QualityFocalLoss', MMDetQualityFocalLoss),
-                      ('VarifocalLoss', MMDetVarifocalLoss)):
+    for name, cls in MMDETS.items():
         MODELS.register_module(name=name, module=cls, force=True)
-    assert MODELS.get('FocalLoss') is MMDetFocalLoss
+    assert all(MODELS.get(name) is cls for name, cls in MMDETS.items())
 
 
-def test_replace_mmdet_focal_loss(restore_focal_loss):
+def test_replace_mmdet_focal_loss(restore_family):
+    mmdet_focal_triton.replace_mmdet_focal_loss(losses=('QualityFocalLoss',))
+    assert MODELS.get('QualityFocalLoss') is TritonQualityFocalLoss
+    assert MODELS.get('FocalLoss') is MMDetFocalLoss and MODELS.get('VarifocalLoss') is MMDetVFL
     mmdet_focal_triton.replace_mmdet_focal_loss()
-    assert MODELS.get('FocalLoss') is TritonFocalLoss
+    assert all(MODELS.get(name) is cls for name, cls in OURS.items())
     built = MODELS.build(dict(type='FocalLoss', gamma=1.5, alpha=0.3, loss_weight=2.0))
     assert type(built) is TritonFocalLoss and (built.gamma, built.alpha, built.loss_weight) == (
         1.5, 0.3, 2.0)
-    # a whole model built from an unmodified mmdet config now uses it
+    built = MODELS.build(dict(type='QualityFocalLoss', beta=1.0, loss_weight=2.0))
+    assert type(built) is TritonQualityFocalLoss and (built.beta, built.loss_weight) == (1.0, 2.0)
+    # a whole head built from an unmodified mmdet config now uses it
     head_cfg = Config.fromfile(resolve_mmdet_path(
         'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')).model.bbox_head
     assert head_cfg.loss_cls.type == 'FocalLoss'
     head_cfg.update(in_channels=8, feat_channels=8, stacked_convs=1)
     assert type(MODELS.build(head_cfg).loss_cls) is TritonFocalLoss
+    with pytest.raises(ValueError, match='losses must name'):
+        mmdet_focal_triton.replace_mmdet_focal_loss(losses=('GaussianFocalLoss',))
 
 
-def test_override_module_replaces(restore_focal_loss):
-    MODELS.register_module(name='FocalLoss', module=MMDetFocalLoss, force=True)
+def test_override_module_replaces_the_family(restore_family):
     if 'mmdet_focal_triton.override' in sys.modules:
         importlib.reload(sys.modules['mmdet_focal_triton.override'])
     else:
         import_modules_from_strings(['mmdet_focal_triton.override'])  # as custom_imports does
-    assert MODELS.get('FocalLoss') is TritonFocalLoss
+    assert all(MODELS.get(name) is cls for name, cls in OURS.items())
+
+
+def test_ddq_auxiliary_loss_needs_the_override(restore_family):
+    """DDQAuxLoss builds its QualityFocalLoss (activated=True) from its own defaults: the config
+    swap cannot reach it, the override does."""
+    from mmdet.models.losses.ddq_detr_aux_loss import DDQAuxLoss
+
+    assert type(DDQAuxLoss().loss_cls) is MMDetQFL
+    mmdet_focal_triton.replace_mmdet_focal_loss()
+    aux = DDQAuxLoss().loss_cls
+    assert type(aux) is TritonQualityFocalLoss and aux.activated is True
+    # and it computes mmdet's numbers on what DDQ passes: probabilities, (labels, scores)
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(30, 80, generator=g).clamp(1e-4, 1 - 1e-4).requires_grad_(True)
+    target = (torch.randint(0, 81, (30,), generator=g), torch.rand(30, generator=g))
+    w = torch.ones(30)
+    ours = aux(p, target, w, avg_factor=1.0)
+    theirs = MMDetQFL(activated=True)(p, target, w, avg_factor=1.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=0)
 
 
 # ------------------------------------------------------------------------------- swap helper
@@ -181,37 +141,49 @@ def _model_with_everything():
                           loss_weight=2.0, reduction='sum'),
             loss_bbox=dict(type='L1Loss', loss_weight=5.0),
             loss_iou=dict(type='GIoULoss', loss_weight=2.0)),
+        tood_head=dict(type='TOODHead',
+                       initial_loss_cls=dict(type='FocalLoss', gamma=2.0, alpha=0.25,
+                                             activated=True),
+                       loss_cls=dict(type='QualityFocalLoss', use_sigmoid=True, activated=True,
+                                     beta=2.0, loss_weight=1.0)),
         roi_head=dict(bbox_head=[dict(loss_cls=dict(type='FocalLoss', activated=True)),
                                  dict(loss_cls=dict(type='CrossEntropyLoss')),
                                  (dict(loss_cls=dict(type='FocalLoss', gamma=0.0)),)]),
+        aux=[dict(loss_cls=dict(type='mmdet.QualityFocalLoss', beta=1.5)),
+             (dict(loss_cls=dict(type='VarifocalLoss', alpha=0.5, gamma=1.0,
+                                 iou_weighted=False)),)],
         extra=dict(
-            qfl=dict(type='QualityFocalLoss'), gfl=dict(type='GaussianFocalLoss'),
-            vfl=dict(type='VarifocalLoss'), mine=dict(type='mmyolo.FocalLoss'),
-            already=dict(type='TritonFocalLoss')),
+            gfl=dict(type='GaussianFocalLoss'), dfl=dict(type='DistributionFocalLoss'),
+            mine=dict(type='mmyolo.FocalLoss'), theirs=dict(type='mmyolo.QualityFocalLoss'),
+            already=dict(type='TritonFocalLoss'), already_vfl=dict(type='TritonVarifocalLoss')),
         train_cfg=dict(assigner=dict(type='HungarianAssigner', match_costs=[
             dict(type='FocalLossCost', weight=2.0),
             dict(type='BBoxL1Cost', weight=5.0, box_fmt='xywh')])))
 
 
 @pytest.mark.parametrize('kind', ['dict', 'Config'])
-def test_swap_focal_loss_nested(kind):
+def test_swap_nested(kind):
     raw = dict(model=_model_with_everything(), work_dir='w')
     cfg = Config(copy.deepcopy(raw)) if kind == 'Config' else copy.deepcopy(raw)
-    assert swap_focal_loss(cfg) == 6  # 4 FocalLoss + the family's QualityFocalLoss, VarifocalLoss
-    model = cfg['model']
+    assert swap_focal_family(cfg) == {'FocalLoss': 5, 'QualityFocalLoss': 2, 'VarifocalLoss': 1}
+    model, want = cfg['model'], raw['model']
     assert model['rpn_head']['loss_cls'] == dict(type='mmdet.TritonFocalLoss', loss_weight=3.0)
-    assert model['bbox_head']['loss_cls'] == dict(
-        raw['model']['bbox_head']['loss_cls'], type='TritonFocalLoss')
+    assert model['bbox_head']['loss_cls'] == dict(want['bbox_head']['loss_cls'],
+                                                  type='TritonFocalLoss')
+    assert model['tood_head']['initial_loss_cls']['type'] == 'TritonFocalLoss'
+    assert model['tood_head']['loss_cls'] == dict(want['tood_head']['loss_cls'],
+                                                  type='TritonQualityFocalLoss')
     assert model['roi_head']['bbox_head'][0]['loss_cls'] == dict(type='TritonFocalLoss',
                                                                  activated=True)
     assert model['roi_head']['bbox_head'][1]['loss_cls']['type'] == 'CrossEntropyLoss'
     assert model['roi_head']['bbox_head'][2][0]['loss_cls'] == dict(type='TritonFocalLoss',
                                                                     gamma=0.0)
+    assert model['aux'][0]['loss_cls'] == dict(type='mmdet.TritonQualityFocalLoss', beta=1.5)
+    assert model['aux'][1][0]['loss_cls'] == dict(want['aux'][1][0]['loss_cls'],
+                                                  type='TritonVarifocalLoss')
     # everything that is not of mmdet's focal family is exactly as it was
-    extra = dict(raw['model']['extra'], qfl=dict(type='TritonQualityFocalLoss'),
-                 vfl=dict(type='TritonVarifocalLoss'))
-    for key, want in (('extra', extra), ('train_cfg', raw['model']['train_cfg'])):
-        assert (model[key].to_dict() if kind == 'Config' else model[key]) == want
+    for key in ('extra', 'train_cfg'):
+        assert (model[key].to_dict() if kind == 'Config' else model[key]) == want[key]
     assert cfg['work_dir'] == 'w'
     assert cfg['custom_imports'] == dict(imports=['mmdet_focal_triton'],
                                          allow_failed_imports=False)
@@ -219,6 +191,16 @@ def test_swap_focal_loss_nested(kind):
     before = copy.deepcopy(cfg['custom_imports'])
     assert swap_focal_loss(cfg) == 0
     assert cfg['custom_imports'] == before
+
+
+def test_swap_can_be_restricted():
+    cfg = dict(model=_model_with_everything())
+    assert swap_focal_loss(cfg, losses=('FocalLoss',)) == 5
+    assert cfg['model']['tood_head']['loss_cls']['type'] == 'QualityFocalLoss'
+    assert swap_focal_family(cfg, losses='VarifocalLoss')['VarifocalLoss'] == 1
+    assert cfg['model']['tood_head']['loss_cls']['type'] == 'QualityFocalLoss'
+    with pytest.raises(ValueError, match='losses must name'):
+        swap_focal_loss(cfg, losses=('CrossEntropyLoss',))
 
 
 @pytest.mark.parametrize('existing,expected', [
@@ -235,7 +217,7 @@ def test_swap_focal_loss_nested(kind):
      dict(imports=['a', 'mmdet_focal_triton'], allow_failed_imports=True)),
 ])
 @pytest.mark.parametrize('kind', ['dict', 'Config'])
-def test_swap_focal_loss_merges_custom_imports(existing, expected, kind):
+def test_swap_merges_custom_imports(existing, expected, kind):
     raw = dict(model=dict(type='X', loss=dict(type='FocalLoss')), custom_imports=existing)
     cfg = Config(copy.deepcopy(raw)) if kind == 'Config' else copy.deepcopy(raw)
     assert swap_focal_loss(cfg) == 1
@@ -243,7 +225,7 @@ def test_swap_focal_loss_merges_custom_imports(existing, expected, kind):
     assert dict(ci) == expected
 
 
-def test_swap_focal_loss_errors_and_no_focal():
+def test_swap_errors_and_nothing_to_swap():
     with pytest.raises(KeyError, match='model'):
         swap_focal_loss(dict(work_dir='x'))
     with pytest.raises(TypeError):
@@ -254,21 +236,28 @@ def test_swap_focal_loss_errors_and_no_focal():
     assert cfg['model']['rpn_head']['loss_cls']['type'] == 'CrossEntropyLoss'
 
 
-def test_swap_focal_loss_class_and_lazy_types():
+def test_swap_class_and_lazy_types():
     from mmengine.config.lazy import LazyObject
+
     cfg = dict(model=dict(
         a=dict(type=MMDetFocalLoss, gamma=1.0),
         b=dict(type=LazyObject('mmdet.models.losses', 'FocalLoss'), alpha=0.5),
-        c=dict(type=LazyObject('mmdet.models.losses', 'QualityFocalLoss')),
-        d=dict(type=LazyObject('othercodebase.losses', 'FocalLoss'))))
-    assert swap_focal_loss(cfg) == 3
-    assert cfg['model']['a']['type'] is TritonFocalLoss
-    lazy = cfg['model']['b']['type']
-    assert isinstance(lazy, LazyObject) and lazy.build() is TritonFocalLoss
-    assert cfg['model']['b']['alpha'] == 0.5
-    assert cfg['model']['c']['type'].build().__name__ == 'TritonQualityFocalLoss'
-    assert str(cfg['model']['d']['type']) == 'FocalLoss'
-    built = MODELS.build(cfg['model']['a'])
+        c=dict(type=MMDetQFL, beta=1.0),
+        d=dict(type=LazyObject('mmdet.models.losses', 'VarifocalLoss'), alpha=0.5),
+        e=dict(type=LazyObject('mmdet.models.losses', 'QualityFocalLoss')),
+        f=dict(type=LazyObject('othercodebase.losses', 'FocalLoss')),
+        g=dict(type=LazyObject('othercodebase.losses', 'QualityFocalLoss')),
+        h=dict(type=TritonQualityFocalLoss)))
+    assert swap_focal_family(cfg) == {'FocalLoss': 2, 'QualityFocalLoss': 2, 'VarifocalLoss': 1}
+    m = cfg['model']
+    assert m['a']['type'] is TritonFocalLoss and m['c']['type'] is TritonQualityFocalLoss
+    for key, cls in (('b', TritonFocalLoss), ('d', TritonVarifocalLoss),
+                     ('e', TritonQualityFocalLoss)):
+        assert isinstance(m[key]['type'], LazyObject) and m[key]['type'].build() is cls
+    assert m['b']['alpha'] == 0.5
+    assert str(m['f']['type']) == 'FocalLoss' and str(m['g']['type']) == 'QualityFocalLoss'
+    assert m['h']['type'] is TritonQualityFocalLoss
+    built = MODELS.build(m['a'])
     assert type(built) is TritonFocalLoss and built.gamma == 1.0
 
 
@@ -289,10 +278,12 @@ def test_swapped_config_dumps_and_rebuilds(tmp_path):
 # ------------------------------------------------------------------------------- shipped configs
 def test_shipped_configs_exist():
     names = {osp.relpath(p, osp.join(REPO, 'configs')) for p in SHIPPED}
-    for required in ('retinanet/retinanet_r50_fpn_triton-focal_1x_coco.py',
+    assert names >= {'retinanet/retinanet_r50_fpn_triton-focal_1x_coco.py',
                      'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco_triton-focal.py',
-                     'atss/atss_r50_fpn_triton-focal_1x_coco.py'):
-        assert required in names
+                     'atss/atss_r50_fpn_triton-focal_1x_coco.py',
+                     'rtmdet/rtmdet_tiny_triton-qfl_8xb32-300e_coco.py',
+                     'gfl/gfl_r50_fpn_triton-qfl_1x_coco.py',
+                     'vfnet/vfnet_r50_fpn_triton-vfl_1x_coco.py'}
     assert any(n.startswith(('dino/', 'deformable_detr/')) for n in names)
     readme = open(osp.join(REPO, 'configs', 'README.md')).read()
     for n in names:
@@ -300,38 +291,28 @@ def test_shipped_configs_exist():
 
 
 @pytest.mark.parametrize('config_file', SHIPPED, ids=lambda p: osp.relpath(p, REPO))
-def test_shipped_config_is_base_with_swapped_loss(config_file):
+def test_shipped_config_is_base_with_swapped_losses_and_builds(config_file):
     cfg = Config.fromfile(config_file)
     base_path = base_of(config_file)
     base = Config.fromfile(resolve_mmdet_path(base_path))
     assert cfg.custom_imports == dict(imports=['mmdet_focal_triton'],
                                       allow_failed_imports=False)
-    # the base uses FocalLoss; the shipped config has TritonFocalLoss with the same arguments
-    base_losses = focal_dicts(base.model.to_dict())
-    assert base_losses, f'{base_path} uses no FocalLoss'
-    assert not focal_dicts(cfg.model.to_dict())
-    assert cfg.model.bbox_head.loss_cls.type == 'TritonFocalLoss'
-    for key in ('use_sigmoid', 'gamma', 'alpha', 'loss_weight'):
-        assert cfg.model.bbox_head.loss_cls[key] == base.model.bbox_head.loss_cls[key], key
+    # the base uses the family; the shipped config has ours with the same arguments
+    base_losses = loss_dicts(base.model.to_dict())
+    assert base_losses, f'{base_path} uses none of the focal family'
+    assert not loss_dicts(cfg.model.to_dict())
     # nothing else differs from the base: base + swap_focal_loss == shipped config
     expected = copy.deepcopy(base)
     assert swap_focal_loss(expected) == len(base_losses)
     got, want = strip_scope(cfg.to_dict()), strip_scope(expected.to_dict())
     assert got == want, sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-
-
-@pytest.mark.parametrize('config_file', SHIPPED, ids=lambda p: osp.relpath(p, REPO))
-def test_shipped_config_builds(config_file):
-    cfg = Config.fromfile(config_file)
-    base = Config.fromfile(resolve_mmdet_path(base_of(config_file)))
-    base_loss = base.model.bbox_head.loss_cls
+    # its head's classification loss builds as ours, with the base's arguments
     model = MODELS.build(offline_model_cfg(cfg.model))
-    losses = loss_modules(model)
-    assert losses and all(type(m) is TritonFocalLoss for m in losses)
-    loss = model.bbox_head.loss_cls
-    assert type(loss) is TritonFocalLoss
-    assert (loss.gamma, loss.alpha, loss.loss_weight, loss.use_sigmoid) == (
-        base_loss.gamma, base_loss.alpha, base_loss.loss_weight, base_loss.use_sigmoid)
+    loss, base_loss = model.bbox_head.loss_cls, base.model.bbox_head.loss_cls
+    assert type(loss) is OURS[base_name(base_loss.type)]
+    for key, value in base_loss.items():
+        if key != 'type':
+            assert getattr(loss, key) == value, key
 
 
 # ------------------------------------------------------------------------------- tools/train.py
@@ -451,166 +432,11 @@ def test_dist_train_sh_launches_train_py_with_torchrun():
     assert bad.returncode != 0 and 'usage' in bad.stderr
 
 
-# ------------------------------------------------------------------------------- all mmdet configs
-# Missing packages a config may need for reasons unrelated to the loss. A build failure is
-# accepted only if its message names one of them AND that package really is not importable here.
-_MISSING_PATTERNS = (
-    r"No module named '([\w.]+)'",
-    r'([\w-]+) is not installed',
-    r'pip install ([\w-]+)',
-)
-
-
-def missing_package_reason(exc):
-    """The missing package named by `exc` (or its causes), or None."""
-    while exc is not None:
-        msg = str(exc)
-        for pat in _MISSING_PATTERNS:
-            for name in re.findall(pat, msg):
-                top = name.split('.')[0].replace('-', '_')
-                if importlib.util.find_spec(top) is None:
-                    return top
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _discover():
-    files = sorted(glob.glob(osp.join(MMDET_CONFIGS, '**', '*.py'), recursive=True))
-    found, load_errors = {}, {}
-    for f in files:
-        rel = osp.relpath(f, MMDET_CONFIGS)
-        try:
-            # custom_imports are imported at build time (where a failure is reported)
-            cfg = Config.fromfile(f, import_custom_modules=False)
-        except Exception as e:  # noqa: BLE001 - reported by the test below
-            load_errors[rel] = e
-            continue
-        model = cfg.get('model')
-        if isinstance(model, dict) and focal_dicts(model.to_dict()):
-            found[rel] = cfg
-    return files, found, load_errors
-
-
-@pytest.fixture(scope='module')
-def mmdet_focal_configs():
-    t0 = time.perf_counter()
-    # mmengine writes (and deletes) a temporary copy of every config file it parses: on a
-    # RAM-backed tmpdir that is ~25 % faster than on a VM disk
-    old_tempdir = tempfile.tempdir
-    if os.path.isdir('/dev/shm') and os.access('/dev/shm', os.W_OK):
-        tempfile.tempdir = '/dev/shm'
-    try:
-        files, found, load_errors = _discover()
-    finally:
-        tempfile.tempdir = old_tempdir
-    print(f'\nloaded {len(files)} mmdet configs in {time.perf_counter() - t0:.1f} s: '
-          f'{len(found)} use FocalLoss, {len(load_errors)} did not load')
-    return files, found, load_errors
-
-
-def broken_base_reason(config_file):
-    """The `_base_` files of `config_file` that do not exist (a packaging bug of mmdet 3.3.0:
-    a few tracking configs name bases that are not in the wheel), or None."""
-    try:
-        bases = base_of(config_file)
-    except AssertionError:
-        return None
-    bases = [bases] if isinstance(bases, str) else list(bases)
-    here = osp.dirname(config_file)
-    missing = [b for b in bases if '::' not in b and not osp.isfile(osp.join(here, b))]
-    return missing or None
-
-
-def test_mmdet_configs_all_load(mmdet_focal_configs):
-    """Every mmdet config must be loaded to know whether it uses FocalLoss: the ones that do
-    not load here are listed, and must fail for a reason that is not ours."""
-    files, found, load_errors = mmdet_focal_configs
-    assert len(files) > 500, 'mmdet/.mim/configs not found or incomplete'
-    known, unknown = {}, {}
-    for rel, e in sorted(load_errors.items()):
-        pkg = missing_package_reason(e)
-        broken = broken_base_reason(osp.join(MMDET_CONFIGS, rel))
-        if pkg:
-            known[rel] = f'needs {pkg!r}, not installed'
-        elif isinstance(e, FileNotFoundError) and broken:
-            known[rel] = f'mmdet ships it with a missing _base_ {broken}'
-        else:
-            unknown[rel] = e
-    for rel, why in known.items():
-        print(f'  cannot load here ({why}): {rel}')
-    assert not unknown, '\n'.join(f'{k}: {e!r}' for k, e in unknown.items())
-
-
-def test_mmdet_focal_configs_discovered(mmdet_focal_configs):
-    _, found, _ = mmdet_focal_configs
-    # sanity of the discovery itself: the well-known FocalLoss users are among them, and
-    # models without FocalLoss are not
-    for name in ('retinanet/retinanet_r50_fpn_1x_coco.py',
-                 'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', 'atss/atss_r50_fpn_1x_coco.py',
-                 'dino/dino-4scale_r50_8xb2-12e_coco.py',
-                 'deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
-                 'solo/solo_r50_fpn_1x_coco.py', 'maskformer/maskformer_r50_ms-16xb1-75e_coco.py'):
-        assert name in found, name
-    for name in ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', 'gfl/gfl_r50_fpn_1x_coco.py',
-                 'mask2former/mask2former_r50_8xb2-lsj-50e_coco.py'):
-        assert name not in found, name
-
-
-def test_every_mmdet_focal_config_builds_with_triton(mmdet_focal_configs):
-    """swap_focal_loss(cfg) on each discovered config gives a model that builds, whose loss
-    modules are all TritonFocalLoss, with the arguments of the dicts they were built from.
-
-    Cost, measured on the 2-core dev machine (shared with other jobs): discovering the configs
-    means loading all ~870 of them: 13 s with mmengine's temporary files on /dev/shm, 30-80 s
-    on the VM disk. That is too slow for collection time, hence one module-scoped fixture and
-    this single test, which collects every failure and reports them together. Discovery +
-    building took over 3 minutes at first, so configs whose swapped, offline model dict is
-    identical to one already built (the 1x / 2x / ms-train / amp variants of one model:
-    257 configs -> 174 dicts) are built once (70-105 s); every config is still swapped and
-    checked, and listed under the dict it shares."""
-    _, found, _ = mmdet_focal_configs
-    t0 = time.perf_counter()
-    built, known_failures, failures = {}, {}, {}
-    triton_types = ('TritonFocalLoss', 'mmdet.TritonFocalLoss')
-    for rel, cfg in found.items():
-        cfg = copy.deepcopy(cfg)
-        n = swap_focal_family(cfg)['FocalLoss']  # (TOOD's QualityFocalLoss is swapped too)
-        assert n >= 1, rel
-        model_cfg = offline_model_cfg(cfg.model.to_dict())
-        assert not focal_dicts(model_cfg), rel
-        swapped = focal_dicts(model_cfg, triton_types)
-        assert len(swapped) == n, rel
-        key = json.dumps(model_cfg, sort_keys=True, default=repr)
-        if key in built:
-            built[key].append(rel)
-            continue
-        built[key] = [rel]
-        try:
-            if cfg.get('custom_imports'):
-                import_modules_from_strings(**cfg.custom_imports)
-            model = MODELS.build(ConfigDict(model_cfg))
-        except Exception as e:  # noqa: BLE001 - sorted out below
-            pkg = missing_package_reason(e)
-            (known_failures if pkg else failures)[rel] = (pkg, e)
-            continue
-        losses = loss_modules(model)
-        args = {(d.get('gamma', 2.0), d.get('alpha', 0.25), d.get('loss_weight', 1.0),
-                 d.get('reduction', 'mean'), d.get('activated', False)) for d in swapped}
-        if not losses or any(type(m) is not TritonFocalLoss for m in losses):
-            failures[rel] = (None, AssertionError(
-                f'loss modules after the swap: {[type(m).__name__ for m in losses]}'))
-        elif any((m.gamma, m.alpha, m.loss_weight, m.reduction, m.activated) not in args
-                 for m in losses):
-            failures[rel] = (None, AssertionError('a TritonFocalLoss lost its config arguments'))
-        del model
-    elapsed = time.perf_counter() - t0
-    print(f'\n{len(found)} mmdet configs use FocalLoss; {len(built)} distinct model dicts, '
-          f'built in {elapsed:.1f} s')
-    for rel, (pkg, e) in sorted(known_failures.items()):
-        print(f'  cannot build here (needs {pkg!r}, not installed): {rel}: '
-              f'{type(e).__name__}: {" ".join(str(e).split())[:160]}')
-    assert not failures, 'configs that do not build after swap_focal_loss:\n' + '\n'.join(
-        f'{rel}: {type(e).__name__}: {e}' for rel, (_, e) in sorted(failures.items()))
-    # the discovery found the models this package is for, and most of them build here
-    # (known_failures holds one entry per distinct model dict that could not be built)
-    assert len(found) >= 200 and len(built) - len(known_failures) >= 100
+def test_train_tool_swaps_the_family(train_tool):
+    cfg = train_tool.build_cfg(train_tool.parse_args(['mmdet::tood/tood_r50_fpn_1x_coco.py',
+                                                      '--triton-focal']))
+    head = cfg.model.bbox_head
+    assert head.initial_loss_cls.type == 'TritonFocalLoss'
+    assert head.loss_cls.type == 'TritonQualityFocalLoss' and head.loss_cls.activated is True
+    cfg = train_tool.build_cfg(train_tool.parse_args(['mmdet::vfnet/vfnet_r50_fpn_1x_coco.py']))
+    assert cfg.model.bbox_head.loss_cls.type == 'VarifocalLoss'  # nothing without the flag

@@ -4,6 +4,7 @@ each model), the tuning sweep (its CLI), and the sm_90 compile check of the kern
 no GPU: it catches Triton compile errors that the interpreter, being Python, does not (a
 non-constexpr global, say)."""
 import csv
+import json
 import os
 import re
 import subprocess
@@ -19,118 +20,189 @@ def run_tool(*args, env=None, timeout=600):
                           timeout=timeout, env=dict(os.environ, **(env or {})))
 
 
-@pytest.mark.parametrize('tool', ['tools/benchmark.py', 'tools/benchmark_e2e.py',
-                                  'tools/dev/sweep_tuning.py', 'tools/dev/compile_kernels.py',
-                                  'tools/train.py', 'tools/parity.py', 'tools/ddp_parity.py'])
-def test_help(tool):
-    r = run_tool(tool, '--help')
-    assert r.returncode == 0, r.stderr
-    assert 'usage' in r.stdout.lower()
+TOOLS = ['tools/benchmark.py', 'tools/benchmark_e2e.py', 'tools/dev/sweep_tuning.py',
+         'tools/dev/compile_kernels.py', 'tools/train.py', 'tools/parity.py',
+         'tools/ddp_parity.py']
+# each tool run as `python TOOL --help` would run it (as __main__, its own directory first on
+# sys.path), one after the other in one interpreter: torch and mmdet are imported once, not 7
+# times (~3.5 s each on the 2-core CI machine)
+_HELP_DRIVER = """
+import contextlib, io, json, os, runpy, sys
+results = {}
+for tool in sys.argv[1:]:
+    sys.argv = [tool, '--help']
+    sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))
+    out, err = io.StringIO(), io.StringIO()
+    code = None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(tool, run_name='__main__')
+        except SystemExit as e:
+            code = e.code
+    sys.path.pop(0)
+    results[tool] = (code, out.getvalue(), err.getvalue())
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope='module')
+def tools_help():
+    r = run_tool('-c', _HELP_DRIVER, *TOOLS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help(tool, tools_help):
+    code, out, err = tools_help[tool]
+    assert code == 0, err
+    assert 'usage' in out.lower()
+
+
+# A tool's main(argv) called several times in one interpreter (each call's stdout and stderr, and
+# its return value): what `python TOOL ARGS` does, with torch, mmdet and Triton imported once.
+_MAINS_DRIVER = """
+import contextlib, io, json, os, runpy, sys
+tool, argvs = sys.argv[1], json.loads(sys.argv[2])
+sys.argv = [tool]
+sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))
+main = runpy.run_path(tool, run_name='tool_under_test')['main']
+results = []
+for argv in argvs:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append((code, out.getvalue(), err.getvalue()))
+print(json.dumps(results))
+"""
+
+
+def run_mains(tool, *argvs, env=None, timeout=600):
+    """[(return value, stdout, stderr)] of `tool`'s main(argv) for each argv, in one process."""
+    r = run_tool('-c', _MAINS_DRIVER, tool, json.dumps(argvs), env=env, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return json.loads(r.stdout.splitlines()[-1])
 
 
 def test_benchmark_tiny_cpu_run(tmp_path):
-    r = run_tool('tools/benchmark.py', '--device', 'cpu', '--quick', '--out-dir', str(tmp_path),
-                 env={'TRITON_INTERPRET': '1'})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (code, out, err), (code2, out2, err2) = run_mains(
+        'tools/benchmark.py',
+        ['--device', 'cpu', '--quick', '--out-dir', str(tmp_path)],
+        # a second run, in host mode, appends to the same CSV
+        ['--device', 'cpu', '--quick', '--mode', 'host', '--impls', 'ours', 'floor', 'zero',
+         '--shapes', '50x3', '--out-dir', str(tmp_path)], env={'TRITON_INTERPRET': '1'})
+    assert code == 0, out[-2000:] + err[-2000:]
     rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
-    impls = {row['impl'] for row in rows}
+    first = [row for row in rows if row['mode'] == 'fwd_bwd']
+    impls = {row['impl'] for row in first}
     assert impls == {'ours', 'mmdet-py'}
-    ok = [row for row in rows if row['status'] == 'ok' and row['mode'] == 'fwd_bwd']
+    ok = [row for row in first if row['status'] == 'ok']
     assert len(ok) == 4  # 2 shapes x 2 implementations
     assert all(float(row['ms']) > 0 for row in ok)
     assert (tmp_path / 'focal_loss_benchmark.png').stat().st_size > 1000
-    assert 'loss + backward' in r.stdout and 'Warning' not in r.stdout + r.stderr
-    # a second run, in host mode, appends to the same CSV
-    r = run_tool('tools/benchmark.py', '--device', 'cpu', '--quick', '--mode', 'host',
-                 '--impls', 'ours', 'floor', 'zero', '--shapes', '50x3', '--out-dir',
-                 str(tmp_path), env={'TRITON_INTERPRET': '1'})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    rows2 = list(csv.DictReader(open(tmp_path / 'results.csv')))
-    assert len(rows2) > len(rows) and len({row['run_id'] for row in rows2}) == 2
-    host = [row for row in rows2 if row['mode'] == 'host']
+    assert 'loss + backward' in out and 'Warning' not in out + err
+    assert code2 == 0, out2[-2000:] + err2[-2000:]
+    assert len(rows) > len(first) and len({row['run_id'] for row in rows}) == 2
+    host = [row for row in rows if row['mode'] == 'host']
     assert [row['impl'] for row in host] == ['ours', 'floor', 'zero']
     assert all(row['status'] == 'ok' and float(row['host_us']) > 0 for row in host)
     assert float(host[1]['host_x_floor']) == 1.0 and float(host[0]['host_x_floor']) > 0
-    assert 'ours / floor' in r.stdout
+    assert 'ours / floor' in out2
     assert (tmp_path / 'focal_loss_host.png').stat().st_size > 1000
 
 
-def test_benchmark_e2e_tiny_cpu_run(tmp_path):
-    """The training-step benchmark end to end on a tiny image (the tool's logic; its numbers
-    mean something only on the GPU)."""
-    r = run_tool('tools/benchmark_e2e.py', '--device', 'cpu', '--img', '64', '64', '--batch',
-                 '1', '--precision', 'fp32', '--variants', 'mmdet', 'ours', 'zero',
-                 '--warmup', '1', '--steps', '1', '--rounds', '1', '--out-dir', str(tmp_path),
-                 env={'OMP_NUM_THREADS': '1'})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    rows = list(csv.DictReader(open(tmp_path / 'e2e.csv')))
-    assert [row['variant'] for row in rows] == ['mmdet', 'ours', 'zero']
-    assert {row['model'] for row in rows} == {'retinanet'}  # the default
-    assert all(row['status'] == 'ok' and float(row['step_ms']) > 0 for row in rows), rows
-    assert 'RetinaNet R50-FPN 64x64' in r.stdout
-    assert 'step - zero' in r.stdout and 'mmengine - INFO' not in r.stdout
-
-
-@pytest.mark.parametrize('loss', ['qfl', 'vfl'])
-def test_benchmark_family_tiny_cpu_run(loss, tmp_path):
+def test_benchmark_family_tiny_cpu_run(tmp_path):
     """--loss qfl / vfl in wall then host mode (ours through the Triton interpreter, mmdet's
-    module, the floor pattern in host mode), one tiny shape, one CSV."""
-    common = ['--loss', loss, '--device', 'cpu', '--quick', '--shapes', '40x5', '--out-dir',
-              str(tmp_path)]
-    r = run_tool('tools/benchmark.py', *common, env={'TRITON_INTERPRET': '1'})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert f'{loss} loss, wall mode' in r.stdout and 'Warning' not in r.stdout + r.stderr
-    r = run_tool('tools/benchmark.py', *common, '--mode', 'host', '--impls', 'ours', 'mmdet-py',
-                 'floor', env={'TRITON_INTERPRET': '1'})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert 'ours / floor' in r.stdout
-    rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
-    assert {row['loss'] for row in rows} == {loss} and len({row['run_id'] for row in rows}) == 2
-    assert all(row['status'] == 'ok' for row in rows), [row['error'] for row in rows]
-    wall = [row['impl'] for row in rows if row['mode'] == 'fwd_bwd']
-    host = [row['impl'] for row in rows if row['mode'] == 'host']
-    assert wall == ['ours', 'mmdet-py'] and host == ['ours', 'mmdet-py', 'floor']
-    assert (tmp_path / f'{loss}_loss_benchmark.png').exists()
-    assert (tmp_path / f'{loss}_loss_host.png').exists()
+    module, the floor pattern in host mode), one tiny shape, one CSV per loss."""
+    argvs = []
+    for loss in ('qfl', 'vfl'):
+        common = ['--loss', loss, '--device', 'cpu', '--quick', '--shapes', '40x5', '--out-dir',
+                  str(tmp_path / loss)]
+        argvs += [common, common + ['--mode', 'host', '--impls', 'ours', 'mmdet-py', 'floor']]
+    results = run_mains('tools/benchmark.py', *argvs, env={'TRITON_INTERPRET': '1'})
+    for i, loss in enumerate(('qfl', 'vfl')):
+        (code, out, err), (code2, out2, err2) = results[2 * i:2 * i + 2]
+        assert code == 0, out[-2000:] + err[-2000:]
+        assert f'{loss} loss, wall mode' in out and 'Warning' not in out + err
+        assert code2 == 0, out2[-2000:] + err2[-2000:]
+        assert 'ours / floor' in out2
+        d = tmp_path / loss
+        rows = list(csv.DictReader(open(d / 'results.csv')))
+        assert {row['loss'] for row in rows} == {loss} and len({row['run_id'] for row in rows}) == 2
+        assert all(row['status'] == 'ok' for row in rows), [row['error'] for row in rows]
+        wall = [row['impl'] for row in rows if row['mode'] == 'fwd_bwd']
+        host = [row['impl'] for row in rows if row['mode'] == 'host']
+        assert wall == ['ours', 'mmdet-py'] and host == ['ours', 'mmdet-py', 'floor']
+        assert (d / f'{loss}_loss_benchmark.png').exists()
+        assert (d / f'{loss}_loss_host.png').exists()
 
 
-def test_benchmark_e2e_rtmdet_tiny_cpu_run(tmp_path):
-    """--model rtmdet-tiny: QualityFocalLoss variants in RTMDet-tiny's step, tiny image."""
-    r = run_tool('tools/benchmark_e2e.py', '--model', 'rtmdet-tiny', '--device', 'cpu', '--img',
-                 '64', '64', '--batch', '1', '--precision', 'fp32', '--variants', 'mmdet',
-                 'ours', 'zero', '--warmup', '1', '--steps', '1', '--rounds', '1', '--out-dir',
-                 str(tmp_path), env={'OMP_NUM_THREADS': '1'})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    rows = list(csv.DictReader(open(tmp_path / 'e2e.csv')))
-    assert [row['variant'] for row in rows] == ['mmdet', 'ours', 'zero']
-    assert {row['model'] for row in rows} == {'rtmdet-tiny'}
-    assert all(row['status'] == 'ok' and float(row['step_ms']) > 0 for row in rows), rows
-    assert 'RTMDet-tiny 64x64 training step' in r.stdout and 'warning(s)' not in r.stdout
+def test_benchmark_e2e_tiny_cpu_runs(tmp_path):
+    """The training-step benchmark end to end on a tiny image (the tool's logic; its numbers
+    mean something only on the GPU): RetinaNet (the default), and RTMDet-tiny (--model
+    rtmdet-tiny: QualityFocalLoss variants in its step)."""
+    common = ['--device', 'cpu', '--img', '64', '64', '--batch', '1', '--precision', 'fp32',
+              '--variants', 'mmdet', 'ours', 'zero', '--warmup', '1', '--steps', '1',
+              '--rounds', '1']
+    results = run_mains('tools/benchmark_e2e.py', common + ['--out-dir', str(tmp_path / 'r')],
+                        ['--model', 'rtmdet-tiny', *common, '--out-dir', str(tmp_path / 't')],
+                        env={'OMP_NUM_THREADS': '1'})
+    for (code, out, err), d, model, title in zip(
+            results, ('r', 't'), ('retinanet', 'rtmdet-tiny'),
+            ('RetinaNet R50-FPN 64x64', 'RTMDet-tiny 64x64 training step')):
+        assert code == 0, out[-2000:] + err[-2000:]
+        rows = list(csv.DictReader(open(tmp_path / d / 'e2e.csv')))
+        assert [row['variant'] for row in rows] == ['mmdet', 'ours', 'zero']
+        assert {row['model'] for row in rows} == {model}
+        assert all(row['status'] == 'ok' and float(row['step_ms']) > 0 for row in rows), rows
+        assert title in out and 'warning(s)' not in out
+    assert 'step - zero' in results[0][1] and 'mmengine - INFO' not in results[0][1]
 
 
-def test_kernels_compile_for_sm90_without_gpu():
+# tools/dev/compile_kernels.py three times (--smoke, then --sass with FAST_MATH on and off) in one
+# interpreter, without TRITON_INTERPRET (the interpreter compiles nothing): Triton and torch are
+# imported once. {argv as a string: (exit code, stdout)}
+_COMPILE_RUNS = (['--smoke'], ['--sass', '--fast-math', '1'], ['--sass', '--fast-math', '0'])
+_COMPILE_DRIVER = """
+import contextlib, io, json, sys
+sys.path.insert(0, 'tools/dev')
+import compile_kernels
+results = {}
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = compile_kernels.main(argv)
+    results[' '.join(argv)] = (code, out.getvalue())
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope='module')
+def compiled_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    r = subprocess.run([sys.executable, 'tools/dev/compile_kernels.py', '--smoke'], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run([sys.executable, '-c', _COMPILE_DRIVER, json.dumps(_COMPILE_RUNS)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert '0 failures' in r.stdout
-    assert r.stdout.count(': ok') >= 4 + 1  # kernel variants + scale
+    return json.loads(r.stdout.splitlines()[-1])
 
 
-def test_sass_instruction_count_of_fast_math():
+def test_kernels_compile_for_sm90_without_gpu(compiled_for_sm90):
+    code, out = compiled_for_sm90['--smoke']
+    assert code == 0, out[-3000:]
+    assert '0 failures' in out
+    assert out.count(': ok') >= 4 + 1  # kernel variants + scale
+
+
+def test_sass_instruction_count_of_fast_math(compiled_for_sm90):
     """The instruction count of notes/perf.md, recomputed from the SASS (no GPU needed): the
     MUFU lg2 / rcp of FAST_MATH keep the training kernel's inner loop well under the ~65
     instructions per element of the accurate expansions, in every measured configuration."""
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     counts = {}
     for fast in ('1', '0'):
-        r = subprocess.run([sys.executable, 'tools/dev/compile_kernels.py', '--sass', '--fast-math',
-                            fast], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                           env=env)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        counts[fast] = [float(m) for m in re.findall(r'([\d.]+) instructions per element',
-                                                      r.stdout)]
-        assert len(counts[fast]) == 4, r.stdout
+        code, out = compiled_for_sm90[f'--sass --fast-math {fast}']
+        assert code == 0, out[-3000:]
+        counts[fast] = [float(m) for m in re.findall(r'([\d.]+) instructions per element', out)]
+        assert len(counts[fast]) == 4, out
     assert all(f < 45 for f in counts['1']), counts
     assert all(fast < 0.7 * slow for fast, slow in zip(counts['1'], counts['0'])), counts
 

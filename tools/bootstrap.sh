@@ -41,7 +41,16 @@ MMDET_SPEC='mmdet==3.3.0'
 # one-element array, which triton 3.6's interpreter does for loop bounds (`range(0, n, BLOCK)`).
 NUMPY_SPEC='numpy>=2,<2.4'
 # test / tooling dependencies (not pinned tightly: nothing in them is version-sensitive here)
-DEV_SPECS=('pytest>=8' 'pytest-timeout' 'matplotlib>=3.8' 'pycocotools>=2.0.8' 'rich>=13' 'ruff')
+# (pytest-xdist: the suite runs a worker per core, pyproject.toml's addopts)
+DEV_SPECS=('pytest>=8' 'pytest-timeout' 'pytest-xdist' 'matplotlib>=3.8' 'pycocotools>=2.0.8'
+           'rich>=13' 'ruff')
+# optional packages some mmdet 3.3.0 configs need to build their model (tests/test_mmdet_configs.py
+# builds every config of the focal family): scikit-image for BoxInst; fairscale for Grounding
+# DINO's checkpointing (those configs then need Hugging Face transformers and a download of
+# bert-base-uncased, so they still do not build offline: listed in that test). Built against the
+# venv's torch (no build isolation); mmpretrain is left out: its models import torchvision, and the
+# only torchvision wheel available offline is a CUDA build whose ops do not load with the CPU torch.
+CONFIG_SPECS=('fairscale==0.4.13' 'scikit-image==0.26.0')
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
 
@@ -99,6 +108,10 @@ fi
 
 log "$MMENGINE_SPEC $MMDET_SPEC + dev tools"
 "${PIP[@]}" -q "$MMENGINE_SPEC" "$MMDET_SPEC" "${DEV_SPECS[@]}"
+
+log "packages of mmdet configs: ${CONFIG_SPECS[*]}"
+"${PIP[@]}" -q --no-build-isolation "${CONFIG_SPECS[@]}" "$TORCH_SPEC" "$NUMPY_SPEC" \
+    "$SETUPTOOLS_SPEC"
 
 log "this package (editable)"
 "${PIP[@]}" -q --no-build-isolation --no-deps -e .

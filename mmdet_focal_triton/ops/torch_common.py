@@ -29,17 +29,20 @@ def reduce_and_scale(loss: Tensor, dx: Tensor, scale: float, avg_factor: Tensor 
     """(loss, grad) from the weighted loss (elementwise, or per row) and its derivative: the
     loss times `scale`, reduced ('none' keeps it) and divided by (avg_factor + eps) when given;
     the gradient, when asked, with the same factors, in `grad_buffer_dtype(pred_dtype)`."""
+    # mmdet's (avg_factor + eps), evaluated by torch in avg_factor's dtype (float32 for an
+    # integer tensor), as mmdet's weight_reduce_loss does: it matters for float64 losses
+    den = None if avg_factor is None else (avg_factor + EPS).to(loss.dtype)
     if reduction == NONE:
         out = (loss * scale).reshape(loss_shape).to(out_dtype)
     else:
         total = loss.sum() * scale
-        if avg_factor is not None:
-            total = total / (avg_factor.to(total.dtype) + EPS)
+        if den is not None:
+            total = total / den
         out = total.reshape(loss_shape).to(out_dtype)
     grad = None
     if write_grad:
         g = dx * scale
-        if avg_factor is not None:
-            g = g / (avg_factor.to(g.dtype).reshape(()) + EPS)
+        if den is not None:
+            g = g / den.reshape(())
         grad = g.to(grad_buffer_dtype(pred_dtype))
     return out, grad

@@ -39,8 +39,10 @@ case "$stage" in
     GPU_VALIDATION_REPORT=$OUT/gpu_validation.jsonl timeout 240 python3 -m pytest \
         tests/test_gpu_scale.py -q -s -p no:cacheprovider 2>&1 | tee "$OUT/gpu_scale.log" \
         | grep -E '^\{|passed|failed|FAILED'
-    timeout 300 python3 -m pytest tests/test_functional.py tests/test_bad_inputs.py \
-        tests/test_op_registration.py -m cuda -q -n 12 -p no:cacheprovider 2>&1 \
+    # every test marked cuda but the at-scale modules above and test_family_gpu.py (family):
+    # the full CUDA grids of the three losses, bad inputs, the launch path, fp16, heads
+    timeout 400 python3 -m pytest tests -m cuda --ignore=tests/test_gpu_scale.py \
+        --ignore=tests/test_family_gpu.py -q -n 12 -p no:cacheprovider 2>&1 \
         | tee "$OUT/cuda_grid.log" | grep -E 'passed|failed|FAILED'
     ;;
   kernels)
@@ -114,11 +116,12 @@ case "$stage" in
         | tee "$OUT/gpu_scale_cuda1.log" | grep -E '^\{|passed|failed|FAILED|skipped'
     ;;
   family)
-    # the family's CUDA tests (the whole float64 grid of tests/test_quality_focal.py and
-    # tests/test_varifocal.py, bad inputs, mmdet's heads), then the at-scale tests
-    timeout 300 python3 -m pytest tests/test_quality_focal.py tests/test_varifocal.py \
-        tests/test_family_bad_inputs.py tests/test_family_heads.py -m cuda -q -n 12 \
-        -p no:cacheprovider 2>&1 | tee "$OUT/family_grid.log" | grep -E 'passed|failed|FAILED'
+    # the family's CUDA tests (the whole grids of QFL and VFL in the family modules, bad
+    # inputs, mmdet's heads), then the at-scale tests
+    timeout 300 python3 -m pytest tests/test_family_numbers.py tests/test_family_mmdet.py tests/test_family_autograd.py \
+        tests/test_bad_inputs.py tests/test_family_heads.py -m cuda -k "qfl or vfl or head" \
+        -q -n 12 -p no:cacheprovider 2>&1 | tee "$OUT/family_grid.log" \
+        | grep -E 'passed|failed|FAILED'
     GPU_VALIDATION_REPORT=$OUT/gpu_validation_family.jsonl timeout 150 python3 -m pytest \
         tests/test_family_gpu.py -q -s -p no:cacheprovider 2>&1 | tee "$OUT/family_gpu.log" \
         | grep -E '^\{|passed|failed|FAILED|skipped'
@@ -149,12 +152,12 @@ case "$stage" in
     # one device call (< 10 min) validating a change of the ops: the newest focal tests, the
     # family's CUDA grid and at-scale tests, parity fp32, the mmcv accuracy finding, and the key
     # benchmarks (focal wall at 2.4Mx80 / 300kx1203, host at 300kx1203, QFL / VFL host mode)
-    timeout 45 python3 -m pytest tests/test_op_registration.py tests/test_functional.py \
-        -k "op_registration or label_dtypes" -m cuda -q -n 8 -p no:cacheprovider \
+    timeout 45 python3 -m pytest tests/test_family_autograd.py tests/test_family_numbers.py \
+        -k "focal and (autograd or label)" -m cuda -q -n 8 -p no:cacheprovider \
         > "$OUT/focal_new.log" 2>&1; grep -E 'passed|failed|FAILED' "$OUT/focal_new.log" | tail -5
-    timeout 100 python3 -m pytest tests/test_quality_focal.py tests/test_varifocal.py \
-        tests/test_family_bad_inputs.py tests/test_family_heads.py -m cuda -q -n 14 \
-        -p no:cacheprovider > "$OUT/family_grid.log" 2>&1
+    timeout 100 python3 -m pytest tests/test_family_numbers.py tests/test_family_mmdet.py tests/test_family_autograd.py \
+        tests/test_bad_inputs.py tests/test_family_heads.py -m cuda -k "qfl or vfl or head" \
+        -q -n 14 -p no:cacheprovider > "$OUT/family_grid.log" 2>&1
     grep -E 'passed|failed|FAILED' "$OUT/family_grid.log" | tail -8
     GPU_VALIDATION_REPORT=$OUT/gpu_validation_family.jsonl timeout 45 python3 -m pytest \
         tests/test_family_gpu.py -q -s -p no:cacheprovider > "$OUT/family_gpu.log" 2>&1
@@ -226,8 +229,8 @@ case "$stage" in
     ( t0=$SECONDS; timeout 400 python3 tools/parity.py --device cuda --amp fp16 \
           --work-dir "$OUT/parity_fp16" > "$OUT/parity_fp16.out" 2>&1
       echo "exit $? after $((SECONDS - t0)) s" >> "$OUT/parity_fp16.out" ) &
-    timeout 200 python3 -m pytest tests/test_fp16_gradient.py tests/test_functional.py \
-        tests/test_op_registration.py -m cuda -k "fp16 or float16 or half" -q -n 4 \
+    timeout 200 python3 -m pytest tests/test_fp16_gradient.py tests/test_family_numbers.py tests/test_family_mmdet.py tests/test_family_autograd.py \
+        -m cuda -k "fp16 or float16 or half" -q -n 4 \
         -p no:cacheprovider > "$OUT/fp16_tests.log" 2>&1
     grep -E 'passed|failed|FAILED' "$OUT/fp16_tests.log" | tail -n 6
     wait
@@ -250,17 +253,17 @@ case "$stage" in
     # for the whole family, the C-level Function.apply, the retained-graph guard) on the GPU:
     # the launch tests, then the focal and family CUDA grids (< 9.5 min; the RTMDet-tiny
     # parity is the `rtmdet` stage, alone in its call)
-    timeout 150 python3 -m pytest tests/test_launch_path.py tests/test_op_registration.py -q \
+    timeout 150 python3 -m pytest tests/test_launch_path.py tests/test_family_autograd.py -q \
         -n 6 -p no:cacheprovider > "$OUT/launch_tests.log" 2>&1
     echo "launch tests: $(grep -E 'passed|failed' "$OUT/launch_tests.log" | tail -1)"
     grep -E '^FAILED|Error' "$OUT/launch_tests.log" | head -n 8
-    timeout 230 python3 -m pytest tests/test_functional.py tests/test_bad_inputs.py -m cuda -q \
-        -n 12 -p no:cacheprovider > "$OUT/focal_grid.log" 2>&1
+    timeout 230 python3 -m pytest tests/test_family_numbers.py tests/test_family_mmdet.py tests/test_family_autograd.py tests/test_bad_inputs.py \
+        -m cuda -k focal -q -n 12 -p no:cacheprovider > "$OUT/focal_grid.log" 2>&1
     echo "focal grid: $(grep -E 'passed|failed' "$OUT/focal_grid.log" | tail -1)"
     grep -E '^FAILED' "$OUT/focal_grid.log" | head -n 8
-    timeout 180 python3 -m pytest tests/test_quality_focal.py tests/test_varifocal.py \
-        tests/test_family_bad_inputs.py tests/test_family_heads.py tests/test_fp16_gradient.py \
-        -m cuda -q -n 12 -p no:cacheprovider > "$OUT/family_grid.log" 2>&1
+    timeout 180 python3 -m pytest tests/test_family_numbers.py tests/test_family_mmdet.py tests/test_family_autograd.py \
+        tests/test_bad_inputs.py tests/test_family_heads.py tests/test_fp16_gradient.py \
+        -m cuda -k "qfl or vfl or head" -q -n 12 -p no:cacheprovider > "$OUT/family_grid.log" 2>&1
     echo "family grid: $(grep -E 'passed|failed' "$OUT/family_grid.log" | tail -1)"
     grep -E '^FAILED' "$OUT/family_grid.log" | head -n 8
     ;;

@@ -27,7 +27,6 @@ from mmdet_focal_triton.parity.reference import (  # noqa: E402
     FocalLossParams,
     float64_focal_loss,
     loss_and_grad,
-    rel_err,
 )
 
 HAS_CUDA = torch.cuda.is_available()
@@ -134,4 +133,5 @@ def test_study_counts_and_causes():
     for ex in res['examples']:
         if ex['cause'].startswith('NaN'):
             assert 0 < ex['case']['gamma'] < 1 and ex['case']['max_positive_logit'] > 16.6
-    assert rel_err(torch.tensor(1.0), torch.tensor(1.0)) == 0.0
+    # ours within SPEC's 1e-5 on every case, mmdet's worst case beyond it
+    assert res['worst_rel_err']['ours'] <= 1e-5 < res['worst_rel_err']['mmdet']

@@ -1,0 +1,50 @@
+"""tests/conftest.py: tests marked `cuda` are deselected (and counted) without a GPU; nothing
+else is, whatever its parameters are called; the longest test files come first."""
+import conftest
+import pytest
+
+
+class _Item:
+    def __init__(self, keywords, marker, nodeid='tests/test_x.py::test_x'):
+        self.nodeid = nodeid
+        self.keywords = dict.fromkeys(keywords, 1)
+        self.marker = marker
+
+    def get_closest_marker(self, name):
+        return self.marker if name == 'cuda' else None
+
+
+class _Config:
+    def __init__(self):
+        self.deselected = []
+        self.hook = self
+
+    def pytest_deselected(self, items):
+        self.deselected += items
+
+
+@pytest.mark.parametrize('has_cuda', [False, True])
+def test_only_the_cuda_marker_deselects(has_cuda, monkeypatch):
+    monkeypatch.setattr(conftest, 'HAS_CUDA', has_cuda)
+    marked = _Item(['test_x', 'cuda'], pytest.mark.cuda.mark)
+    named_cuda = _Item(['test_y[cuda]', 'cuda'], None)  # a parametrize id, no marker
+    plain = _Item(['test_z'], None)
+    items, config = [marked, named_cuda, plain], _Config()
+    conftest.pytest_collection_modifyitems(config, items)
+    assert items == ([marked, named_cuda, plain] if has_cuda else [named_cuda, plain])
+    assert config.deselected == ([] if has_cuda else [marked])
+
+
+@pytest.mark.parametrize('where', ['cuda'])
+def test_a_cpu_test_with_a_parameter_named_cuda_runs(where, request):
+    assert where == 'cuda' and request.node.get_closest_marker('cuda') is None
+
+
+def test_longest_files_first_each_keeping_its_order():
+    names = ['tests/test_a.py::t1', 'tests/test_tools.py::t1', 'tests/test_a.py::t2',
+             'tests/parity/test_run.py::t1', 'tests/test_tools.py::t2']
+    items = [_Item([], None, n) for n in names]
+    conftest.pytest_collection_modifyitems(_Config(), items)
+    assert [i.nodeid for i in items] == [
+        'tests/test_tools.py::t1', 'tests/test_tools.py::t2', 'tests/parity/test_run.py::t1',
+        'tests/test_a.py::t1', 'tests/test_a.py::t2']
