@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark the fused losses against their peers; append rows to a CSV and plot from it.
 
 --loss focal (default): the sigmoid focal loss of RetinaNet-like heads. Implementations (each
@@ -58,9 +57,7 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmdet_focal_triton.benchmark import (  # noqa: E402
+from mmdet_focal_triton.benchmark import (
     DTYPES,
     FLOOR,
     BenchConfig,
@@ -75,14 +72,14 @@ from mmdet_focal_triton.benchmark import (  # noqa: E402
     run_benchmark,
     wall_table,
 )
-from mmdet_focal_triton.benchmark.console import (  # noqa: E402
+from mmdet_focal_triton.benchmark.console import (
     RunProgress,
     make_console,
     quiet_warnings,
     report_warnings,
 )
-from mmdet_focal_triton.benchmark.registry import families  # noqa: E402
-from mmdet_focal_triton.benchmark.report import failures  # noqa: E402
+from mmdet_focal_triton.benchmark.registry import families
+from mmdet_focal_triton.benchmark.report import failures
 
 # the developer scripts under tools/dev import DTYPES, copy_bandwidth, ... from here
 __all__ = ['DTYPES', 'copy_bandwidth', 'fused_bytes', 'make_inputs', 'parse_shape', 'main']

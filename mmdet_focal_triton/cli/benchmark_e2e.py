@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """End-to-end cost of the classification loss in a detector's training step.
 
 Times full training steps (`model.train_step`: data preprocessing, forward, loss, backward,
@@ -33,9 +32,7 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmdet_focal_triton.benchmark import (  # noqa: E402
+from mmdet_focal_triton.benchmark import (
     E2E_FIELDS,
     E2E_VARIANTS,
     E2EConfig,
@@ -43,15 +40,15 @@ from mmdet_focal_triton.benchmark import (  # noqa: E402
     e2e_table,
     run_e2e,
 )
-from mmdet_focal_triton.benchmark.console import (  # noqa: E402
+from mmdet_focal_triton.benchmark.console import (
     RunProgress,
     make_console,
     quiet_logs,
     quiet_warnings,
     report_warnings,
 )
-from mmdet_focal_triton.benchmark.e2e import MODELS, summarize  # noqa: E402
-from mmdet_focal_triton.benchmark.report import failures  # noqa: E402
+from mmdet_focal_triton.benchmark.e2e import MODELS, summarize
+from mmdet_focal_triton.benchmark.report import failures
 
 
 def _interrupt(signum, frame):

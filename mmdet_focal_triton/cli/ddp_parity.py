@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Data-parallel parity: RetinaNet trained by `tools/dist_train.sh` on 1 and on 2 processes (GPUs,
 or CPU processes over gloo) at the same total batch, with TritonFocalLoss and with mmdet's
 FocalLoss, compared iteration by iteration.
@@ -7,6 +6,9 @@ FocalLoss, compared iteration by iteration.
     python tools/ddp_parity.py --device cpu --iters 4 --img-size 128 \
         --runs ours:1 ours:2 mmdet:2                                    # the CI run, ~35 s
     python tools/ddp_parity.py --device cuda --iters 30 --control   # 2 GPUs, R50 at 1333x800
+
+Installed: ``mmdet-focal-triton ddp-parity ...`` (trainings through the package's launcher,
+``mmdet-focal-triton dist-train``'s; tools/ddp_parity.py passes the checkout's dist_train.sh).
 
 The command line of ``mmdet_focal_triton.parity.run_ddp_parity``, whose docstring explains why
 1 vs 2 processes are comparable here and what is checked. The terminal shows one progress bar per
@@ -17,9 +19,7 @@ or a run failed, 2 = cannot run here (e.g. ``--device cuda`` with fewer than 2 G
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 ALL_RUNS = ('ours:1', 'ours:2', 'mmdet:1', 'mmdet:2')  # mmdet_focal_triton.parity.ddp.ALL_RUNS
 
 
@@ -109,10 +109,10 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
+def main(argv=None, dist_train=None) -> int:
+    """``dist_train``: the launcher script of the trainings (None: the package's,
+    ``mmdet_focal_triton.parity.ddp.default_dist_train``)."""
     args = parse_args(argv)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     if not args.verbose:  # the pinned stack's known warnings, quiet: mmengine imports
         # pkg_resources (setuptools 81 warns); on Python 3.12 mmdet 3.3.0's docstrings hold
         # invalid escape sequences (SyntaxWarning when its sources are compiled at first import)
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     opts = vars(args)
     opts['progress'] = not opts.pop('no_progress')
-    opts['dist_train'] = str(REPO / 'tools' / 'dist_train.sh')
+    opts['dist_train'] = str(dist_train) if dist_train else None
     return run_ddp_parity(DDPParityOptions(**opts))['exit_code']
 
 

@@ -1,5 +1,6 @@
-#!/usr/bin/env python
 """Train the same detector with mmdet's focal-family loss and with ours, and judge the swap.
+
+``mmdet-focal-triton parity`` (installed), ``python tools/parity.py`` (a checkout):
 
     python tools/parity.py                       # CPU default: RetinaNet, FocalLoss
     python tools/parity.py --device cuda         # GPU default: + ours under AMP bf16
@@ -18,12 +19,11 @@ mmcv's CUDA op does not implement), 3 broken recipe: mmdet's own training did no
 config's target mAP, so nothing is proven.
 """
 import argparse
-import os
 import sys
 import warnings
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from .environment import set_environment
+
 # known before torch is imported (--device cpu must hide CUDA first); tests check they match
 MODELS = ('retinanet', 'rtmdet-tiny')  # mmdet_focal_triton.parity.config.MODEL_CONFIGS
 FAULTS = ('alpha', 'background', 'beta', 'gamma', 'loss_weight', 'score')  # faults.ALL_FAULTS
@@ -111,17 +111,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    # set before torch / triton are imported
+def run_environment(args) -> tuple[dict, dict]:
+    """What the run needs in the environment before torch / triton read it: (variables to set,
+    variables to set where unset)."""
+    forced, defaults = {}, {}
     if args.device == 'cpu':
-        os.environ['CUDA_VISIBLE_DEVICES'] = ''  # mmengine puts the model on CUDA if it sees one
+        forced['CUDA_VISIBLE_DEVICES'] = ''  # mmengine puts the model on CUDA if it sees one
     if args.backend == 'triton' and args.device != 'cuda':
-        os.environ.setdefault('TRITON_INTERPRET', '1')
-    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # deterministic cuBLAS
-    os.environ.setdefault('MPLBACKEND', 'Agg')
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+        defaults['TRITON_INTERPRET'] = '1'
+    defaults['CUBLAS_WORKSPACE_CONFIG'] = ':4096:8'  # deterministic cuBLAS
+    defaults['MPLBACKEND'] = 'Agg'
+    return forced, defaults
+
+
+def main(argv=None, program: bool = False) -> int:
+    """``program``: this process runs the command (console script, ``python -m``, tools/), so it
+    may restart itself when a variable of ``run_environment`` comes too late (cli.environment)."""
+    args = parse_args(argv)
+    set_environment(*run_environment(args), program=program)
     if not args.verbose:  # the pinned stack's known warnings, quiet: mmengine imports
         # pkg_resources (setuptools 81 warns); on Python 3.12 mmdet 3.3.0's docstrings hold
         # invalid escape sequences (SyntaxWarning when its sources are compiled at first import)
@@ -138,4 +145,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(program=True))

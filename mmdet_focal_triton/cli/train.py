@@ -9,6 +9,10 @@
     python tools/train.py configs/retinanet/retinanet_r50_fpn_triton-focal_1x_coco.py
     python tools/train.py mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py --triton-focal
     bash tools/dist_train.sh CONFIG 8 [--triton-focal] [--amp] ...
+
+Installed: ``mmdet-focal-triton train CONFIG`` (CONFIG may name a shipped config,
+``mmdet_focal_triton::retinanet/retinanet_r50_fpn_triton-focal_1x_coco.py``) and
+``mmdet-focal-triton dist-train CONFIG 8 ...``.
 """
 import argparse
 import logging
@@ -16,18 +20,15 @@ import os
 import os.path as osp
 import sys
 
+from mmdet.utils import setup_cache_size_limit_of_dynamo
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-try:
-    import mmdet_focal_triton
-except ImportError:  # running from a source checkout that is not installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import mmdet_focal_triton
+import mmdet_focal_triton
 
-from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
+from ..shipped_configs import config_path, is_shipped_name
 
 # `import mmdet_focal_triton` registers TritonFocalLoss, TritonQualityFocalLoss and
 # TritonVarifocalLoss in mmdet's MODELS registry (and applies the package's compatibility
@@ -95,7 +96,10 @@ def parse_args(argv=None):
 def resolve_config(path):
     """A config file path; also accepts `mmdet::fcos/xxx.py`, a config shipped inside an
     installed package (the syntax `_base_` accepts), so a packaged mmdet config can be trained
-    without a checkout of the mmdet repository."""
+    without a checkout of the mmdet repository, and `mmdet_focal_triton::retinanet/xxx.py`, a
+    config shipped with this package (mmdet_focal_triton.shipped_configs)."""
+    if is_shipped_name(path) and not osp.isfile(path):
+        return str(config_path(path))
     if '::' in path and not osp.isfile(path):
         return Config._get_cfg_path(path, '')[0]
     return path
