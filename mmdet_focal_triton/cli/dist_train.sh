@@ -7,12 +7,15 @@
 # Without CUDA, GPUS CPU processes train over gloo. PYTHON: the interpreter (default: python).
 # (A checkout's tools/dist_train.sh is the same launcher for its tools/train.py.)
 
+USAGE="usage: mmdet-focal-triton dist-train CONFIG GPUS [train arguments]"
 if [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    echo "$USAGE"
+    echo
     sed -n '2,8s/^# \{0,1\}//p' "$0"
     exit 0
 fi
 if [ $# -lt 2 ]; then
-    echo "usage: mmdet-focal-triton dist-train CONFIG GPUS [train arguments]" >&2
+    echo "$USAGE" >&2
     exit 2
 fi
 
