@@ -8,8 +8,9 @@ in an ImportError rather than failing somewhere inside.
 """
 from __future__ import annotations
 
-# torch.library.custom_op with register_fake / register_autograd (2.4) is what the ops need; 2.6
-# is the oldest torch the test suite has passed on (CPU; docs/install.md has the measurements).
+# The oldest torch the tests pass on (CPU; docs/install.md has the runs). On 2.5.1 the eager
+# calls pass, but torch.compile of the custom op fails in inductor, and its triton 3.1.0 fails
+# our kernels; 2.6 is the first torch that ships triton >= 3.2.
 MIN_TORCH = (2, 6)
 
 
