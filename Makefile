@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PARITY_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv test parity benchmark lint clean distclean
+.PHONY: venv test parity benchmark lint wheel clean distclean
 
 # Rebuilt only when the install recipe or the package metadata changes.
 $(STAMP): tools/bootstrap.sh setup.cfg pyproject.toml
@@ -29,8 +29,14 @@ benchmark: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mmdet_focal_triton tools tests
 
+# The wheel users install (configs and the console script inside; docs/install.md), into dist/.
+# build/ is removed first: setuptools would carry stale files from it into the wheel.
+wheel: $(STAMP)
+	rm -rf build
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf work_dirs .pytest_cache
+	rm -rf work_dirs .pytest_cache build dist
 
 distclean: clean
 	rm -rf $(VENV)

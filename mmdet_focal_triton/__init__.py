@@ -5,7 +5,14 @@
 functional API ``sigmoid_focal_loss``, ``quality_focal_loss``, ``varifocal_loss``; with
 mmengine it also registers the data-parallel helpers of ``mmdet_focal_triton.distributed``
 (``AverageLogVarsHook``, ``CPUSyncBN``).
+
+torch is checked first: a missing or too old one is an ImportError that names the minimum
+(``mmdet_focal_triton.requirements``).
 """
+# first: importing it checks torch (the imports below need it)
+from .requirements import MIN_TORCH  # noqa: F401
+
+# isort: split
 from .functional import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
 from .ops.backend import backend, get_backend, set_backend
 from .ops.checks import (

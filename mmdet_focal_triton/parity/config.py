@@ -1,6 +1,6 @@
 """The configs and tolerances of a parity run.
 
-Models (``default_config(device, model)``, configs/parity/ of a source checkout): 'retinanet'
+Models (``default_config(device, model)``, the shipped configs/parity/): 'retinanet'
 (``FocalLoss``; the default) and 'rtmdet-tiny' (``QualityFocalLoss``), each with a CPU and a GPU
 config. The loss helpers below (``family_loss_configs``, ``loss_types``,
 ``scale_focal_loss_weight``) cover mmdet's focal family: ``FocalLoss``, ``QualityFocalLoss``,
@@ -37,9 +37,10 @@ import copy
 from pathlib import Path
 
 from ..config_utils import FOCAL_FAMILY
+from ..shipped_configs import CONFIG_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / 'configs' / 'parity'
+REPO = Path(__file__).resolve().parents[2]  # the checkout, when run from one
+CONFIG_DIR = CONFIG_ROOT / 'parity'  # shipped with the package: configs/parity/ of the checkout
 MODEL_CONFIGS = {
     'retinanet': {'cpu': CONFIG_DIR / 'retinanet_r18_fpn_synthetic_cpu.py',
                   'cuda': CONFIG_DIR / 'retinanet_r18_fpn_synthetic_gpu.py'},
@@ -63,14 +64,15 @@ PERTURBATION = 2.0 ** -20  # the control: mmdet's loss_weight x (1 + this)
 
 
 def default_config(device: str, model: str = DEFAULT_MODEL) -> Path:
-    """The parity config of a source checkout for ``device`` ('cpu' or 'cuda') and ``model``
-    (a key of ``MODEL_CONFIGS``: 'retinanet' or 'rtmdet-tiny')."""
+    """The shipped parity config for ``device`` ('cpu' or 'cuda') and ``model`` (a key of
+    ``MODEL_CONFIGS``: 'retinanet' or 'rtmdet-tiny')."""
     if model not in MODEL_CONFIGS:
         raise ValueError(f'model must be one of {sorted(MODEL_CONFIGS)}, got {model!r}')
     path = MODEL_CONFIGS[model][device]
     if not path.is_file():
-        raise FileNotFoundError(f'{path} not found: the parity configs live in configs/parity/ '
-                                'of a source checkout; pass config= explicitly')
+        raise FileNotFoundError(f'{path} not found: the parity configs are shipped in '
+                                'mmdet_focal_triton/.mim/configs/parity/ (configs/parity/ of a '
+                                'checkout); pass config= explicitly')
     return path
 
 

@@ -121,7 +121,7 @@ class DDPParityOptions:
     timeout: float = 900
     progress: bool = True
     verbose: bool = False
-    dist_train: str | None = None  # tools/dist_train.sh of the checkout by default
+    dist_train: str | None = None  # None: default_dist_train()
 
 
 def parse_run(spec: str) -> str:
@@ -179,10 +179,12 @@ def read_scalars(run_dir: Path) -> list:
 
 
 def default_dist_train() -> Path:
-    path = pcfg.REPO / 'tools' / 'dist_train.sh'
+    """The package's launcher: tools/dist_train.sh's command line, training through
+    ``python -m mmdet_focal_triton.cli.train`` (tools/ddp_parity.py passes the checkout's)."""
+    path = Path(__file__).resolve().parents[1] / 'cli' / 'dist_train.sh'
     if not path.is_file():
-        raise FileNotFoundError(f'{path} not found: pass dist_train= (the launcher script of a '
-                                'source checkout)')
+        raise FileNotFoundError(f'{path} not found: pass dist_train= (a launcher script with '
+                                "tools/dist_train.sh's command line)")
     return path
 
 
