@@ -21,10 +21,10 @@
 _base_ = './retinanet_r18_fpn_synthetic_cpu.py'
 
 img_scale = (256, 256)
-iters = 600
+iters = 500
 warmup = 50
 
-parity = dict(iters=iters, eval_interval=150, num_train=1000, num_val=200, img_size=256,
+parity = dict(iters=iters, eval_interval=125, num_train=2000, num_val=200, img_size=256,
               dataset=dict(style='easy', max_objects=4), target_map=0.5, control='perturbed',
               extra_amp=['bf16'])
 
@@ -56,7 +56,7 @@ val_dataloader = dict(batch_size=8, num_workers=2, persistent_workers=True, pin_
                       dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=iters, val_interval=150)
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=iters, val_interval=125)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup, end=iters,

@@ -14,10 +14,10 @@
 _base_ = './rtmdet_tiny_synthetic_cpu.py'
 
 img_scale = (256, 256)
-iters = 1000
+iters = 800
 warmup = 100
 
-parity = dict(iters=iters, eval_interval=200, num_train=1000, num_val=200, img_size=256,
+parity = dict(iters=iters, eval_interval=200, num_train=2000, num_val=200, img_size=256,
               dataset=dict(style='easy', max_objects=4), target_map=0.5, control='auto',
               extra_amp=[])
 
