@@ -1,10 +1,13 @@
-"""Data-parallel parity: RetinaNet trained by `tools/dist_train.sh` on 1 and on 2 processes (GPUs,
-or CPU processes over gloo) at the same total batch, with TritonFocalLoss and with mmdet's
-FocalLoss, compared iteration by iteration.
+"""Data-parallel parity: RetinaNet (FocalLoss) or RTMDet-tiny (QualityFocalLoss, ``--model
+rtmdet-tiny``) trained by `tools/dist_train.sh` on 1 and on 2 processes (GPUs, or CPU processes
+over gloo) at the same total batch, with our loss and with mmdet's, compared iteration by
+iteration.
 
     python tools/ddp_parity.py                   # CUDA if available (needs 2 GPUs), else CPU
     python tools/ddp_parity.py --device cpu --iters 4 --img-size 128 \
         --runs ours:1 ours:2 mmdet:2                                    # the CI run, ~35 s
+    python tools/ddp_parity.py --device cpu --model rtmdet-tiny --iters 3 --img-size 128 \
+        --runs ours:1 ours:2 mmdet:2                                    # the family's CI run
     python tools/ddp_parity.py --device cuda --iters 30 --control   # 2 GPUs, R50 at 1333x800
 
 Installed: ``mmdet-focal-triton ddp-parity ...`` (trainings through the package's launcher,
@@ -21,6 +24,7 @@ import sys
 import warnings
 
 ALL_RUNS = ('ours:1', 'ours:2', 'mmdet:1', 'mmdet:2')  # mmdet_focal_triton.parity.ddp.ALL_RUNS
+MODELS = ('retinanet', 'rtmdet-tiny')  # mmdet_focal_triton.parity.ddp.MODELS
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,17 +48,21 @@ def parse_args(argv=None):
     from mmengine.config import DictAction
 
     p = argparse.ArgumentParser(
-        description='Train RetinaNet with tools/dist_train.sh on 1 and on 2 processes at the same '
-                    'total batch (paired synthetic data), with TritonFocalLoss and with mmdet '
-                    'FocalLoss, and compare the per-iteration losses and gradient norms.',
+        description='Train RetinaNet (or RTMDet-tiny) with tools/dist_train.sh on 1 and on 2 '
+                    'processes at the same total batch (paired synthetic data), with our loss '
+                    "and with mmdet's, and compare the per-iteration losses and gradient norms.",
         epilog='Exit code: 0 pass, 1 fail (a check or a run), 2 cannot run here.',
         formatter_class=_HelpFormatter)
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto',
                    help="'auto': cuda if a GPU is visible, else cpu; the 2-process runs need 2 "
                         'GPUs on cuda, and 2 processes over gloo on cpu')
+    p.add_argument('--model', choices=MODELS, default='retinanet',
+                   help="the shipped parity config's detector: 'retinanet' (FocalLoss) or "
+                        "'rtmdet-tiny' (QualityFocalLoss)")
     p.add_argument('--config', default=None,
-                   help='base config (default: configs/parity/retinanet_r18_fpn_synthetic_cpu.py '
-                        'on cpu, configs/parity/retinanet_r18_fpn_synthetic_gpu.py on cuda)')
+                   help='base config (default: the --model one of configs/parity/, e.g. '
+                        'retinanet_r18_fpn_synthetic_cpu.py on cpu, '
+                        'retinanet_r18_fpn_synthetic_gpu.py on cuda)')
     p.add_argument('--iters', type=int, default=None,
                    help='training iterations (default: 20 on cuda, 6 on cpu, where the R18 '
                         'config (AdamW from random init) turns rounding differences into 1e-3 '

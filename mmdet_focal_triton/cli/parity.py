@@ -105,6 +105,9 @@ def parse_args(argv=None):
                    help="our losses' backend: 'auto' = Triton kernels on CUDA, the PyTorch "
                         "implementation on CPU; 'triton' on CPU runs the Triton kernels in "
                         "Triton's interpreter (slow, but it is the kernel code)")
+    p.add_argument('--no-share-cpu', dest='share_cpu', action='store_false',
+                   help="CPU: keep torch's thread count while other processes use the cores "
+                        '(default: it follows the cores they leave, parity.cpu_share)')
     p.add_argument('--verbose', action='store_true',
                    help='print everything (mmengine, pycocotools, warnings) instead of progress '
                         'bars; the full log is written either way')

@@ -73,7 +73,7 @@ def build_config(opts, device: str, data_root: Path, world: int):
     swaps the loss). ``opts``: a ``DDPParityOptions``. Returns (Config, list of changes)."""
     from mmengine.config import Config
 
-    cfg = Config.fromfile(str(opts.config or pcfg.default_config(device)))
+    cfg = Config.fromfile(str(opts.config or pcfg.default_config(device, opts.model)))
     changes = []
     dl = cfg.train_dataloader
     dl.dataset.data_root = str(data_root).rstrip('/') + '/'
@@ -126,6 +126,12 @@ def build_config(opts, device: str, data_root: Path, world: int):
         paths = _walk_norm_cfgs(cfg.model, norm)
         if paths:
             changes.append(f"{', '.join(paths)}: type {norm}")
+    if cfg.model.get('type') == 'RTMDet':
+        # mmdet's RTMDet converts every BN to torch's SyncBatchNorm in a distributed run
+        # (use_syncbn=True), which refuses CPU modules: the norm layers are chosen above
+        use = device == 'cuda' and opts.norm == 'sync'
+        cfg.model.use_syncbn = use
+        changes.append(f'model.use_syncbn {use}')
     cfg.launcher = 'pytorch'
     cfg.load_from = None
     cfg.resume = False

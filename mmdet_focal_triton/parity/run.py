@@ -117,6 +117,7 @@ class ParityOptions:
     first_rtol: float | None = None
     update_rtol: float | None = None
     map_floor: float | None = None
+    share_cpu: bool = True  # CPU: torch's threads follow the cores other processes leave
     verbose: bool = False  # everything on the terminal, no progress bars
 
 
@@ -177,6 +178,10 @@ def run_side(side: str, base_cfg, opts: ParityOptions, tol: dict, work_dir: Path
                                   overhead=(lambda: check.elapsed_s) if check else None))
     if not opts.verbose:
         hooks.append(ProgressHook(console, side))
+    if opts.share_cpu and not torch.cuda.is_available():  # a CPU training (see _resolve)
+        from .cpu_share import CpuShareHook
+
+        hooks.append(CpuShareHook())
     t0 = time.perf_counter()
     runner = None
     prev_backend = mmdet_focal_triton.get_backend()
