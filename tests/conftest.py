@@ -33,8 +33,9 @@ INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
 # The test files that take longest on the 2-core CI machine (30-150 s each), longest first: they
 # run first, so that pytest-xdist's workers (pyproject.toml: a test file per worker, in collection
 # order) do not end with one of them running alone. The other files follow in their order.
-LONGEST_FIRST = ('test_tools.py', 'parity/test_run.py', 'test_family_numbers.py',
-                 'parity/test_ddp_cpu.py', 'parity/test_family_parity.py', 'test_mmdet_configs.py',
+LONGEST_FIRST = ('parity/test_ddp_cpu_rtmdet.py', 'parity/test_ddp_cpu.py', 'test_wheel.py',
+                 'test_tools.py', 'parity/test_run.py', 'test_family_numbers.py',
+                 'parity/test_family_parity.py', 'test_mmdet_configs.py',
                  'test_family_autograd.py')
 
 

@@ -68,8 +68,18 @@ def test_run_selection():
         ddp.parse_run('ours:3')
 
 
-def test_cli_rejects_bad_arguments():
-    for bad in (['--runs', 'ours:3'], ['--num-train', '7'], ['--iters', '0']):
-        r = subprocess.run([sys.executable, str(REPO / 'tools' / 'ddp_parity.py'), *bad],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and 'error' in r.stderr, bad
+def test_cli_rejects_bad_arguments(capsys):
+    from mmdet_focal_triton.cli.ddp_parity import parse_args
+
+    for bad in (['--runs', 'ours:3'], ['--num-train', '7'], ['--iters', '0'],
+                ['--model', 'yolo']):
+        with pytest.raises(SystemExit) as e:
+            parse_args(bad)
+        assert e.value.code == 2 and 'error' in capsys.readouterr().err, bad
+    assert parse_args(['--model', 'rtmdet-tiny']).model == 'rtmdet-tiny'
+
+
+def test_the_command_line_runs_as_a_script():
+    r = subprocess.run([sys.executable, str(REPO / 'tools' / 'ddp_parity.py'), '--iters', '0'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and '--iters must be >= 1' in r.stderr
