@@ -8,9 +8,12 @@ import pytest
 pytest.importorskip('mmdet.models')
 
 from test_ddp_cpu import (  # noqa: E402,F401 - the same tests, this model's fixture
-    run_ddp_parity_cli, test_one_vs_two_processes_at_the_same_total_batch,
-    test_runs_complete_distributed_with_both_losses, test_tool_verdict_and_outputs,
-    test_two_processes_ours_matches_mmdet)
+    run_ddp_parity_cli,
+    test_one_vs_two_processes_at_the_same_total_batch,
+    test_runs_complete_distributed_with_both_losses,
+    test_tool_verdict_and_outputs,
+    test_two_processes_ours_matches_mmdet,
+)
 
 
 @pytest.fixture(scope='module')
