@@ -53,8 +53,9 @@ def parse_args(argv=None):
                    help='which trainings to run ("mmdet": calibrate a recipe)')
     p.add_argument('--extra-amp', nargs='*', choices=('bf16', 'fp16'), default=None,
                    help="more trainings of ours under AMP, judged against mmdet's fp32 "
-                        "training (default: the config's parity.extra_amp on CUDA, bf16 for the "
-                        'GPU configs; give the option with nothing after it for none)')
+                        "training (default: the config's parity.extra_amp on CUDA, none in the "
+                        'shipped configs; e.g. --extra-amp bf16: ours under AMP bf16, which '
+                        "mmcv's op cannot run)")
     p.add_argument('--eval-interval', type=int, default=None,
                    help="evaluate every so many iterations: the learning curve (default: the "
                         "config's parity.eval_interval)")
