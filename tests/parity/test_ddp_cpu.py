@@ -32,7 +32,8 @@ LOSSES = {'retinanet': 'FocalLoss', 'rtmdet-tiny': 'QualityFocalLoss'}
 PIPELINES = {'retinanet': ['LoadImageFromFile', 'LoadAnnotations', 'Resize', 'PackDetInputs'],
              'rtmdet-tiny': ['LoadImageFromFile', 'LoadAnnotations', 'Resize', 'Pad',
                              'PackDetInputs']}
-RUNS = ('ours:1', 'ours:2', 'mmdet:2')
+# RTMDet-tiny: no 1-process run (1 vs 2 processes is reported, not checked, for it: its file)
+RUNS = {'retinanet': ('ours:1', 'ours:2', 'mmdet:2'), 'rtmdet-tiny': ('ours:2', 'mmdet:2')}
 FIRST_RTOL, RTOL = 1e-5, 1e-3  # SPEC's fp32 bound; parity.ddp.RTOL
 KEYS = ('loss_cls', 'loss_bbox', 'loss', 'grad_norm')
 
@@ -53,7 +54,7 @@ def run_ddp_parity_cli(model, tmp_path_factory):
     env = dict(os.environ, MMDET_FOCAL_TRITON_CACHE=str(tmp / 'cache'))
     cmd = [sys.executable, str(REPO / 'tools' / 'ddp_parity.py'), '--device', 'cpu',
            '--model', model, '--iters', str(ITERS[model]), '--img-size', '128', '--runs',
-           *RUNS, '--work-dir', str(work)]
+           *RUNS[model], '--work-dir', str(work)]
     proc = subprocess.run(cmd, cwd=str(tmp), env=env, capture_output=True, text=True,
                           timeout=900)
     report_path = work / 'report.json'
@@ -82,16 +83,18 @@ def _check_agree(a, b):
 def test_runs_complete_distributed_with_both_losses(ddp_parity):
     runs = _runs(ddp_parity)
     work, model = ddp_parity[2:]
-    assert set(runs) == {'ours_w1', 'ours_w2', 'mmdet_w2'}
+    assert set(runs) == {r.replace(':', '_w') for r in RUNS[model]}
     for name, rec in runs.items():
         assert rec['status'] == 'ok', (name, rec.get('error'), rec.get('log_tail'))
         assert rec['iters'] == list(range(1, ITERS[model] + 1)), name
         log = (work / name / 'train.log').read_text()
         assert 'Distributed training: True' in log  # torchrun, also for 1 process
         assert 'AverageLogVarsHook' in log  # mmengine lists the hooks, ours first
-    assert runs['ours_w2']['processes'] == 2 and runs['ours_w1']['processes'] == 1
-    assert runs['ours_w1']['batch_per_process'] == 2 and runs['ours_w2']['batch_per_process'] == 1
-    assert runs['ours_w2']['swapped'] and runs['ours_w1']['swapped']
+    assert runs['ours_w2']['processes'] == 2 and runs['ours_w2']['batch_per_process'] == 1
+    assert runs['ours_w2']['swapped']
+    if 'ours_w1' in runs:
+        assert runs['ours_w1']['processes'] == 1 and runs['ours_w1']['batch_per_process'] == 2
+        assert runs['ours_w1']['swapped']
     assert not runs['mmdet_w2']['swapped']
     assert runs['mmdet_w2']['loss_type'] == LOSSES[model]
     assert runs['ours_w2']['loss_type'] == 'Triton' + LOSSES[model]
@@ -106,14 +109,7 @@ def test_two_processes_ours_matches_mmdet(ddp_parity):
 
 def test_one_vs_two_processes_at_the_same_total_batch(ddp_parity):
     runs = _runs(ddp_parity)
-    if ddp_parity[3] == 'retinanet':
-        _check_agree(runs['ours_w1'], runs['ours_w2'])
-    else:  # normalisers clamped at 1 on each rank: half the single process's, exactly
-        for key in KEYS:
-            for x, y in zip(runs['ours_w1'][key], runs['ours_w2'][key], strict=True):
-                assert _rel(x / 2, y) <= RTOL, (key, x, y)
-        c = ddp_parity[1]['comparisons']['ours: 1 vs 2 processes']
-        assert not c['checked'] and 'clamped' in c['note']
+    _check_agree(runs['ours_w1'], runs['ours_w2'])
 
 
 def test_tool_verdict_and_outputs(ddp_parity):
@@ -121,12 +117,14 @@ def test_tool_verdict_and_outputs(ddp_parity):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert report['status'] == 'pass' and report['exit_code'] == 0 and not report['reasons']
     assert report['dataset']['ok'] and report['dataset']['pairs'] == ITERS[model]
-    assert set(report['comparisons']) == {'ours: 1 vs 2 processes',
-                                          '2 processes: ours vs mmdet'}
+    worlds = sorted({r.split(':')[1] for r in RUNS[model]})
+    assert set(report['comparisons']) == {'2 processes: ours vs mmdet'} | (
+        {'ours: 1 vs 2 processes'} if '1' in worlds else set())
     assert report['tolerance']['first_rtol'] == FIRST_RTOL and report['tolerance']['rtol'] == RTOL
     from mmengine.config import Config
 
-    for w, batch in (('1', 2), ('2', 1)):
+    for w in worlds:
+        batch = 2 // int(w)
         cfg = Config.fromfile(report['settings']['derived_configs'][w])
         assert cfg.custom_hooks == [dict(type='AverageLogVarsHook')]
         assert cfg.model.backbone.norm_cfg['type'] == 'CPUSyncBN'
@@ -138,9 +136,10 @@ def test_tool_verdict_and_outputs(ddp_parity):
             assert cfg.model.bbox_head.norm_cfg['type'] == 'CPUSyncBN'
     assert report['settings']['model'] == model
     assert report['settings']['loss_types'] == [LOSSES[model]]
-    assert (work / 'summary.md').exists() and 'ours: 1 vs 2 processes' in proc.stdout
+    assert (work / 'summary.md').exists() and '2 processes: ours vs mmdet' in proc.stdout
     # a quiet run: what runs, a bar per training, the table; mmengine's output in the logs
     assert len((proc.stdout + proc.stderr).splitlines()) <= 25, proc.stdout + proc.stderr
     assert 'ours_w2' in proc.stdout and f'{ITERS[model]}/{ITERS[model]}' in proc.stdout
     assert 'Distributed training' not in proc.stdout
-    assert 'run 3/3: mmdet:2' in (work / 'ddp_parity.log').read_text()
+    n = len(RUNS[model])
+    assert f'run {n}/{n}: mmdet:2' in (work / 'ddp_parity.log').read_text()
