@@ -42,7 +42,7 @@ from mmengine.structures import InstanceData
 import mmdet_focal_triton  # noqa: F401  (registers TritonFocalLoss)
 from mmdet_focal_triton import TritonFocalLoss
 
-pytestmark = pytest.mark.usefixtures('one_torch_thread')
+pytestmark = pytest.mark.usefixtures('one_torch_thread', 'mmdet_scope')
 
 
 def _close(a, b, tol=1e-5):
