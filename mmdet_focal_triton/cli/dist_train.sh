@@ -5,9 +5,9 @@
 # Uses torchrun (python -m torch.distributed.run), which passes LOCAL_RANK in the environment, to
 # run `python -m mmdet_focal_triton.cli.train` (`mmdet-focal-triton train`) in every process.
 # Without CUDA, GPUS CPU processes train over gloo. PYTHON: the interpreter (default: python).
-# (A checkout's tools/dist_train.sh is the same launcher for its tools/train.py.)
+# TRAIN_SCRIPT: a training script to run instead (a checkout's tools/dist_train.sh: its train.py).
 
-USAGE="usage: mmdet-focal-triton dist-train CONFIG GPUS [train arguments]"
+USAGE="usage: ${DIST_TRAIN_NAME:-mmdet-focal-triton dist-train} CONFIG GPUS [train arguments]"
 if [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
     echo "$USAGE"
     echo
@@ -26,6 +26,7 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 PYTHON=${PYTHON:-python}
+if [ -n "$TRAIN_SCRIPT" ]; then ENTRY=("$TRAIN_SCRIPT"); else ENTRY=(-m mmdet_focal_triton.cli.train); fi
 
 "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \
@@ -33,6 +34,6 @@ PYTHON=${PYTHON:-python}
     --master_addr="$MASTER_ADDR" \
     --nproc_per_node="$GPUS" \
     --master_port="$PORT" \
-    -m mmdet_focal_triton.cli.train \
+    "${ENTRY[@]}" \
     "$CONFIG" \
     --launcher pytorch "${@:3}"

@@ -79,6 +79,12 @@ class CpuShare:
             self.changes.append((round(others, 2), want))
         return self.threads
 
+    def restore(self) -> None:
+        """Back to ``max_threads`` (the next training starts as this one did)."""
+        if self.threads != self.max_threads:
+            self._set(self.max_threads)
+            self.threads = self.max_threads
+
 
 @HOOKS.register_module()
 class CpuShareHook(Hook):
@@ -104,5 +110,5 @@ class CpuShareHook(Hook):
                                    f'cores: {threads} torch thread(s)')
 
     def after_train(self, runner) -> None:
-        if self.share is not None and self.share.threads != self.share.max_threads:
-            self.share._set(self.share.max_threads)  # the next training starts as this did
+        if self.share is not None:
+            self.share.restore()
