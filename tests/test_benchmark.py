@@ -32,7 +32,7 @@ from mmdet_focal_triton.benchmark import (
 from mmdet_focal_triton.benchmark.host import fit_iters
 from mmdet_focal_triton.benchmark.profiling import BEGIN, END, split_windows, window_time
 from mmdet_focal_triton.benchmark.registry import FAMILIES
-from mmdet_focal_triton.benchmark.results import add_floor_ratio
+from mmdet_focal_triton.benchmark.results import add_floor_ratio, new_run_id
 
 
 def render(renderable):
@@ -67,6 +67,11 @@ def test_append_csv_new_then_append(tmp_path):
     assert list(rows[0]) == FIELDS
     assert [(r['run_id'], r['impl'], r['host_us']) for r in rows] == [
         ('a', 'ours', '12.3'), ('b', 'floor', 'nan')]
+
+
+def test_run_ids_differ_within_one_second_and_sort_by_time():
+    ids = [new_run_id() for _ in range(50)]
+    assert len(set(ids)) == 50 and ids == sorted(ids), ids
 
 
 def test_append_csv_upgrades_an_older_header(tmp_path):

@@ -84,13 +84,33 @@ def run_mains(tool, *argvs, env=None, timeout=600):
     return json.loads(r.stdout.splitlines()[-1])
 
 
-def test_benchmark_tiny_cpu_run(tmp_path):
-    (code, out, err), (code2, out2, err2) = run_mains(
-        'tools/benchmark.py',
-        ['--device', 'cpu', '--quick', '--out-dir', str(tmp_path)],
-        # a second run, in host mode, appends to the same CSV
-        ['--device', 'cpu', '--quick', '--mode', 'host', '--impls', 'ours', 'floor', 'zero',
-         '--shapes', '50x3', '--out-dir', str(tmp_path)], env={'TRITON_INTERPRET': '1'})
+FAMILY_LOSSES = ('qfl', 'vfl')
+
+
+@pytest.fixture(scope='module')
+def benchmark_runs(tmp_path_factory):
+    """tools/benchmark.py's tiny CPU runs (ours through the Triton interpreter), in one process:
+    focal in wall mode, then in host mode appending to the same CSV; then --loss qfl / vfl in
+    wall then host mode, one tiny shape, one CSV per loss. ({run: (code, stdout, stderr)}, dir)"""
+    tmp = tmp_path_factory.mktemp('benchmark')
+    argvs = {'focal': ['--device', 'cpu', '--quick', '--out-dir', str(tmp / 'focal')],
+             # host mode appends to the same CSV
+             'focal-host': ['--device', 'cpu', '--quick', '--mode', 'host', '--impls', 'ours',
+                            'floor', 'zero', '--shapes', '50x3', '--out-dir', str(tmp / 'focal')]}
+    for loss in FAMILY_LOSSES:
+        common = ['--loss', loss, '--device', 'cpu', '--quick', '--shapes', '40x5', '--out-dir',
+                  str(tmp / loss)]
+        argvs[loss] = common
+        argvs[f'{loss}-host'] = common + ['--mode', 'host', '--impls', 'ours', 'mmdet-py',
+                                          'floor']
+    results = run_mains('tools/benchmark.py', *argvs.values(), env={'TRITON_INTERPRET': '1'})
+    return dict(zip(argvs, results, strict=True)), tmp
+
+
+def test_benchmark_tiny_cpu_run(benchmark_runs):
+    runs, tmp = benchmark_runs
+    (code, out, err), (code2, out2, err2) = runs['focal'], runs['focal-host']
+    tmp_path = tmp / 'focal'
     assert code == 0, out[-2000:] + err[-2000:]
     rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
     first = [row for row in rows if row['mode'] == 'fwd_bwd']
@@ -111,30 +131,25 @@ def test_benchmark_tiny_cpu_run(tmp_path):
     assert (tmp_path / 'focal_loss_host.png').stat().st_size > 1000
 
 
-def test_benchmark_family_tiny_cpu_run(tmp_path):
-    """--loss qfl / vfl in wall then host mode (ours through the Triton interpreter, mmdet's
-    module, the floor pattern in host mode), one tiny shape, one CSV per loss."""
-    argvs = []
-    for loss in ('qfl', 'vfl'):
-        common = ['--loss', loss, '--device', 'cpu', '--quick', '--shapes', '40x5', '--out-dir',
-                  str(tmp_path / loss)]
-        argvs += [common, common + ['--mode', 'host', '--impls', 'ours', 'mmdet-py', 'floor']]
-    results = run_mains('tools/benchmark.py', *argvs, env={'TRITON_INTERPRET': '1'})
-    for i, loss in enumerate(('qfl', 'vfl')):
-        (code, out, err), (code2, out2, err2) = results[2 * i:2 * i + 2]
-        assert code == 0, out[-2000:] + err[-2000:]
-        assert f'{loss} loss, wall mode' in out and 'Warning' not in out + err
-        assert code2 == 0, out2[-2000:] + err2[-2000:]
-        assert 'ours / floor' in out2
-        d = tmp_path / loss
-        rows = list(csv.DictReader(open(d / 'results.csv')))
-        assert {row['loss'] for row in rows} == {loss} and len({row['run_id'] for row in rows}) == 2
-        assert all(row['status'] == 'ok' for row in rows), [row['error'] for row in rows]
-        wall = [row['impl'] for row in rows if row['mode'] == 'fwd_bwd']
-        host = [row['impl'] for row in rows if row['mode'] == 'host']
-        assert wall == ['ours', 'mmdet-py'] and host == ['ours', 'mmdet-py', 'floor']
-        assert (d / f'{loss}_loss_benchmark.png').exists()
-        assert (d / f'{loss}_loss_host.png').exists()
+@pytest.mark.parametrize('loss', FAMILY_LOSSES)
+def test_benchmark_family_tiny_cpu_run(loss, benchmark_runs):
+    """--loss qfl / vfl in wall then host mode (ours, mmdet's module, the floor pattern in host
+    mode)."""
+    runs, tmp = benchmark_runs
+    (code, out, err), (code2, out2, err2) = runs[loss], runs[f'{loss}-host']
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert f'{loss} loss, wall mode' in out and 'Warning' not in out + err
+    assert code2 == 0, out2[-2000:] + err2[-2000:]
+    assert 'ours / floor' in out2
+    d = tmp / loss
+    rows = list(csv.DictReader(open(d / 'results.csv')))
+    assert {row['loss'] for row in rows} == {loss} and len({row['run_id'] for row in rows}) == 2
+    assert all(row['status'] == 'ok' for row in rows), [row['error'] for row in rows]
+    wall = [row['impl'] for row in rows if row['mode'] == 'fwd_bwd']
+    host = [row['impl'] for row in rows if row['mode'] == 'host']
+    assert wall == ['ours', 'mmdet-py'] and host == ['ours', 'mmdet-py', 'floor']
+    assert (d / f'{loss}_loss_benchmark.png').exists()
+    assert (d / f'{loss}_loss_host.png').exists()
 
 
 def test_benchmark_e2e_tiny_cpu_runs(tmp_path):

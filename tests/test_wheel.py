@@ -9,8 +9,9 @@ one running the tests through a .pth file, and gets this package from the wheel 
   ``dist-train`` and the console script, and does not require torch;
 * every entry point answers ``--help``: ``mmdet-focal-triton`` and each of its commands,
   ``python -m mmdet_focal_triton``;
-* every shipped config loads from the package and builds its model; a parity config with mmdet's
-  loss is swapped by ``train --triton-focal``'s config step and builds with ours;
+* every shipped config loads from the package (its ``_base_`` chain) with ours in its model
+  config, or mmdet's in a parity config; such a parity config is swapped by
+  ``train --triton-focal``'s config step and builds with ours;
 * a 2-iteration parity run on CPU: too short to learn, so it ends as a broken recipe (exit 3),
   with every deterministic check passed, on the package's own parity config;
 * 2 iterations of ``train --triton-focal`` and a tiny benchmark run on CPU; the command line
@@ -119,7 +120,7 @@ def test_wheel_ships_configs_launcher_and_console_script(wheel):
 def test_every_entry_point_answers_help_and_configs_load(venv):
     python, console, env, work, site = venv
     script = textwrap.dedent(f'''
-        import contextlib, io, json, os, subprocess
+        import contextlib, io, json, os, runpy, subprocess, sys
         import mmdet_focal_triton
         from mmdet_focal_triton import cli, shipped_configs
         from mmdet_focal_triton.cli import train
@@ -148,22 +149,19 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
              '--triton-focal'], capture_output=True, text=True,
             env=dict(os.environ, PYTHON='echo')).stdout.split()
 
-        def offline(model):  # no pretrained weights: no network
-            if isinstance(model, dict):
-                if model.get('init_cfg', {{}}) and 'Pretrained' in str(model['init_cfg']):
-                    model['init_cfg'] = None
-                for v in model.values():
-                    offline(v)
-            elif isinstance(model, list):
-                for v in model:
-                    offline(v)
+        def loss_types(node):  # the family's types anywhere in a model config
+            if isinstance(node, dict):
+                found = {{node['type']}} & FAMILY if isinstance(node.get('type'), str) else set()
+                return found.union(*(loss_types(v) for v in node.values()))
+            if isinstance(node, (list, tuple)):
+                return set().union(*(loss_types(v) for v in node))
+            return set()
 
+        # loaded from the package, with their _base_ chains (each one's model builds from the
+        # checkout: test_registry_and_configs.py); the losses their models would build
         for name in shipped_configs.list_configs():
             cfg = Config.fromfile(str(shipped_configs.config_path(name)))
-            offline(cfg.model)
-            model = MODELS.build(cfg.model)
-            out['built'][name] = sorted({{type(m).__name__ for m in model.modules()
-                                         if type(m).__name__ in FAMILY}})
+            out['built'][name] = sorted(loss_types(cfg.model.to_dict()))
         # the train command's config step: a shipped parity config (mmdet's FocalLoss) swapped
         args = train.parse_args(['mmdet_focal_triton::parity/retinanet_r18_fpn_synthetic_cpu.py',
                                  '--triton-focal'])
@@ -189,6 +187,12 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
             Config.fromfile('user_cfg_pkg.py')
         except Exception as e:
             out['pkg_prefix_error'] = type(e).__name__ + ': ' + str(e)
+        # python -m mmdet_focal_triton --help (its __main__, run as -m runs it)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+            sys.argv = ['mmdet_focal_triton', '--help']
+            runpy.run_module('mmdet_focal_triton', run_name='__main__', alter_sys=True)
+        out['python_m_help'] = buf.getvalue()
         print('RESULT ' + json.dumps(out))
     ''')
     proc = _run([python, '-c', script], work, env)
@@ -205,7 +209,7 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
     assert argv[:2] == ['-m', 'torch.distributed.run'] and '--nproc_per_node=2' in argv
     assert argv[argv.index('mmdet_focal_triton.cli.train') - 1:] == [
         '-m', 'mmdet_focal_triton.cli.train', 'c.py', '--launcher', 'pytorch', '--triton-focal']
-    # every shipped config builds, with ours where a config swaps the loss
+    # every shipped config loads, with ours where a config swaps the loss
     built = res['built']
     assert len(built) == len(list((REPO / 'configs').rglob('*.py')))
     for name, losses in built.items():
@@ -217,11 +221,11 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
     assert res['user_base'] == ['TritonFocalLoss', 1.5, 0.25]
     assert 'mmengine does not support to load mmdet_focal_triton config' in \
         res['pkg_prefix_error'], res.get('pkg_prefix_error')
-    # the console script and python -m
-    for cmd in ([console, '--help'], [python, '-m', 'mmdet_focal_triton', '--help']):
-        proc = _run(cmd, work, env)
-        assert proc.returncode == 0, _out(proc)
-        assert all(c in proc.stdout for c in COMMANDS), proc.stdout
+    assert all(c in res['python_m_help'] for c in COMMANDS), res['python_m_help']
+    # the console script
+    proc = _run([console, '--help'], work, env)
+    assert proc.returncode == 0, _out(proc)
+    assert all(c in proc.stdout for c in COMMANDS), proc.stdout
 
 
 @pytest.fixture(scope='module')

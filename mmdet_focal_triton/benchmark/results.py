@@ -3,6 +3,7 @@ when a newer version adds columns), reading back one run."""
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 import os
 
@@ -22,6 +23,20 @@ E2E_FIELDS = ['timestamp', 'device', 'torch', 'batch', 'precision', 'variant', '
               # added with the paired rounds (empty in older rows): step - zero as a share of
               # the variant's step, its 95 % interval over the rounds, and whether it excludes 0
               'rounds', 'vs_zero_pct', 'vs_zero_low', 'vs_zero_high', 'vs_zero_resolved']
+
+def new_run_id() -> str:
+    """The id of a benchmark run in results.csv: its start time to the microsecond (two runs in
+    one second, one process, get two ids), sorting as the runs were made."""
+    global _last_run_id
+    run_id = _last_run_id
+    while run_id <= _last_run_id:  # at most a microsecond
+        run_id = datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')
+    _last_run_id = run_id
+    return run_id
+
+
+_last_run_id = ''
+
 
 _FORMATS = {'ms': '.4f', 'floor_ms': '.4f', 'peak_mib': '.1f', 'grad_mib': '.1f', 'gbps': '.1f',
             'frac_copy': '.3f', 'copy_gbps': '.1f', 'host_us': '.1f', 'wall_us': '.1f',

@@ -15,7 +15,7 @@ from .host import loss_backward_step, measure_host, paired_ratio
 from .profiling import ProfileWindows
 from .references import FLOOR, REFERENCES
 from .registry import get_family
-from .results import add_floor_ratio, append_csv
+from .results import add_floor_ratio, append_csv, new_run_id
 from .shapes import DTYPES, dtype_name
 from .timing import copy_bandwidth
 from .wall import measure_wall
@@ -137,7 +137,7 @@ def run_benchmark(cfg: BenchConfig, csv_path, progress=None, log=print) -> list[
     ver = versions()
     dev = device_name(cfg.device)
     copy_gbps = copy_bandwidth(cfg.device) if cfg.mode == 'wall' else float('nan')
-    run_id = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    run_id = new_run_id()
     log(f'{cfg.loss} loss, {cfg.mode} mode on {dev}'
         + (f', copy bandwidth {copy_gbps:.0f} GB/s' if copy_gbps == copy_gbps else '')
         + '; ' + ', '.join(f'{k} {v}' for k, v in ver.items() if v))
