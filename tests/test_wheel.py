@@ -129,8 +129,8 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
         from mmdet.utils import register_all_modules
 
         register_all_modules()
-        FAMILY = {{'FocalLoss', 'QualityFocalLoss', 'VarifocalLoss', 'TritonFocalLoss',
-                  'TritonQualityFocalLoss', 'TritonVarifocalLoss'}}
+        from mmdet_focal_triton.config_utils import FOCAL_FAMILY
+        FAMILY = {{*FOCAL_FAMILY, *FOCAL_FAMILY.values()}}  # mmdet's names and ours
         out = dict(package=mmdet_focal_triton.__file__, root=str(shipped_configs.config_root()),
                    help={{}}, built={{}})
         for name in {COMMANDS!r}:
