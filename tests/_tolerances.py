@@ -31,15 +31,21 @@ def tolerance(impl, dtype):
     return 1e-5
 
 
-def rel_err(out, ref):
-    """||out - ref|| / ||ref|| in float64 (the norm of the difference when ref is zero); NaNs
-    must sit at the same places in both (they are then left out)."""
+def _without_nans(out, ref):
+    """out and ref in float64 on the CPU, flat, without the places where ref is NaN; out must
+    have ref's shape and its NaNs at the same places."""
     out = out.detach().double().cpu()
     ref = ref.detach().double().cpu()
     assert out.shape == ref.shape, (out.shape, ref.shape)
     nan = ref.isnan()
     assert torch.equal(out.isnan(), nan), 'NaN where the reference has none, or the reverse'
-    out, ref = out[~nan], ref[~nan]
+    return out[~nan], ref[~nan]
+
+
+def rel_err(out, ref):
+    """||out - ref|| / ||ref|| in float64 (the norm of the difference when ref is zero); NaNs
+    must sit at the same places in both (they are then left out)."""
+    out, ref = _without_nans(out, ref)
     den = ref.norm().item()
     num = (out - ref).norm().item()
     return num / den if den > 0 else num
@@ -59,12 +65,7 @@ def error_beyond_rounding(out, ref, toward_zero=False):
     element only its distance from the values that rounding `ref` to out's dtype may give:
     within half a unit in the last place (to nearest), or between ref and one unit towards zero
     (`toward_zero`)."""
-    o = out.detach().double().cpu()
-    r = ref.detach().double().cpu()
-    assert o.shape == r.shape, (o.shape, r.shape)
-    nan = r.isnan()
-    assert torch.equal(o.isnan(), nan), 'NaN where the reference has none, or the reverse'
-    o, r = o[~nan], r[~nan]
+    o, r = _without_nans(out, ref)
     h = half_ulp(r, out.dtype)
     if toward_zero:  # |out| in (|ref| - ulp, |ref|], with ref's sign
         lo = torch.where(r >= 0, r - 2 * h, r)

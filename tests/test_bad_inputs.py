@@ -219,6 +219,16 @@ def test_async_check_on_cuda(loss, where, check_mode):
 
 
 # ---- argument errors, per loss ---------------------------------------------------------------
+def _reduction_cases(dev):
+    """The reduction and avg_factor arguments, checked alike by every loss."""
+    return [
+        (dict(reduction='avg'), ValueError, 'reduction must be'),
+        (dict(reduction='sum', avg_factor=3.0), ValueError, 'avg_factor can not be used'),
+        (dict(avg_factor=torch.ones(2, device=dev)), ValueError, 'avg_factor must be a number'),
+        (dict(avg_factor='3'), TypeError, 'avg_factor must be None'),
+    ]
+
+
 def _focal_cases(pred, lab, score, dev):
     return dict(target=lab), [
         (dict(target=lab.float()), TypeError, 'class-index target must have an integer dtype'),
@@ -231,10 +241,7 @@ def _focal_cases(pred, lab, score, dev):
         (dict(weight=torch.rand(7, device=dev)), ValueError, 'weight of shape'),
         (dict(weight=torch.rand(8, 2, device=dev)), ValueError, 'weight of shape'),
         (dict(weight=torch.rand(8, 5, 1, device=dev)), ValueError, 'weight of shape'),
-        (dict(reduction='avg'), ValueError, 'reduction must be'),
-        (dict(reduction='sum', avg_factor=3.0), ValueError, 'avg_factor can not be used'),
-        (dict(avg_factor=torch.ones(2, device=dev)), ValueError, 'avg_factor must be a number'),
-        (dict(avg_factor='3'), TypeError, 'avg_factor must be None'),
+        *_reduction_cases(dev),
         (dict(gamma=-1.0), ValueError, 'gamma'),
         (dict(gamma=float('nan')), ValueError, 'gamma'),
         (dict(alpha=float('inf')), ValueError, 'alpha'),
@@ -265,10 +272,7 @@ def _qfl_cases(pred, lab, score, dev):
         (dict(weight=torch.rand(7, device=dev)), ValueError, 'weight of shape'),
         (dict(weight=torch.rand(8, 1, device=dev)), ValueError, 'square matrix'),
         (dict(weight=torch.rand(8, 5, device=dev)), ValueError, 'per-row loss'),
-        (dict(reduction='avg'), ValueError, 'reduction must be'),
-        (dict(reduction='sum', avg_factor=3.0), ValueError, 'avg_factor can not be used'),
-        (dict(avg_factor=torch.ones(2, device=dev)), ValueError, 'avg_factor must be a number'),
-        (dict(avg_factor='3'), TypeError, 'avg_factor must be None'),
+        *_reduction_cases(dev),
         (dict(beta=-1.0), ValueError, 'beta'),
         (dict(beta=float('nan')), ValueError, 'beta'),
         (dict(loss_weight='2'), TypeError, 'loss_weight'),
@@ -295,8 +299,7 @@ def _vfl_cases(pred, lab, score, dev):
         (dict(pred=pred.detach().long()), TypeError, 'pred must be a floating'),
         (dict(weight=torch.rand(8, device=dev)), ValueError, 'does not broadcast'),
         (dict(weight=torch.rand(2, 8, 5, device=dev)), ValueError, 'does not broadcast'),
-        (dict(reduction='avg'), ValueError, 'reduction must be'),
-        (dict(reduction='sum', avg_factor=3.0), ValueError, 'avg_factor can not be used'),
+        *_reduction_cases(dev),
         (dict(avg_factor=torch.ones(1, 1, device=dev)), ValueError, 'avg_factor must be'),
         (dict(gamma=-0.5), ValueError, 'gamma'),
         (dict(alpha=float('inf')), ValueError, 'alpha'),
