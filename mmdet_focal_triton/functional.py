@@ -1,4 +1,6 @@
-"""Functional API: `sigmoid_focal_loss`, mmdet 3.3.0 `FocalLoss` semantics on any device."""
+"""Functional API of the focal family, mmdet 3.3.0's semantics on any device:
+`sigmoid_focal_loss` (FocalLoss), `quality_focal_loss`, `varifocal_loss`,
+`gaussian_focal_loss`."""
 import math
 import numbers
 
@@ -7,6 +9,7 @@ from torch import Tensor
 
 from .ops import checks
 from .ops.focal import focal_loss
+from .ops.gaussian_focal import gaussian_focal_loss as _gaussian_focal_op
 from .ops.quality_focal import quality_focal_loss as _quality_focal_op
 from .ops.spec import (
     MEAN,
@@ -16,6 +19,7 @@ from .ops.spec import (
     WEIGHT_NONE,
     WEIGHT_ROW,
     FocalSpec,
+    GaussianFocalSpec,
     QualityFocalSpec,
     VarifocalSpec,
 )
@@ -23,7 +27,7 @@ from .ops.varifocal import varifocal_loss as _varifocal_op
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
 
-__all__ = ['sigmoid_focal_loss', 'quality_focal_loss', 'varifocal_loss']
+__all__ = ['sigmoid_focal_loss', 'quality_focal_loss', 'varifocal_loss', 'gaussian_focal_loss']
 
 
 def _finite(v) -> bool:
@@ -454,3 +458,123 @@ def varifocal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
     flags = VarifocalSpec.flags(red, w is not None, bool(iou_weighted), write_grad)
     return _varifocal_op(pred, target, w, af_tensor, float(alpha), float(gamma), scale, flags,
                          out_dtype)
+
+
+def _positives(pos_inds, pos_labels, pred: Tensor, reduction: str, weight) -> tuple:
+    """CenterNet-update's (pos_inds, pos_labels), checked: two integer vectors of one length (a
+    boolean row mask for pos_inds is turned into its indices)."""
+    if pos_inds is None:
+        if pos_labels is not None:
+            raise ValueError('pos_labels is given without pos_inds: pass both or neither')
+        return None, None
+    if pos_labels is None:
+        raise ValueError('pos_inds is given without pos_labels: pass both or neither')
+    _check_tensor('pos_inds', pos_inds, pred)
+    _check_tensor('pos_labels', pos_labels, pred)
+    if pred.dim() != 2:
+        raise ValueError('pred must have shape (N, C) with pos_inds / pos_labels, got '
+                         f'{tuple(pred.shape)}')
+    if reduction == 'none':
+        raise ValueError("reduction='none' can not be used with pos_inds: the positives' loss "
+                         "(one per positive) and the negatives' (pred's shape) have no common "
+                         'shape (mmdet would broadcast them against each other)')
+    if weight is not None:
+        raise ValueError('weight can not be used with pos_inds (mmdet ignores it in that form)')
+    if pos_inds.dtype == torch.bool:
+        pos_inds = pos_inds.nonzero().squeeze(1)
+    for name, t in (('pos_inds', pos_inds), ('pos_labels', pos_labels)):
+        if t.dtype not in _INDEX_DTYPES or t.dim() != 1:
+            raise TypeError(f'{name} must be a 1-d tensor of integers, got dtype {t.dtype} and '
+                            f'shape {tuple(t.shape)}')
+    if pos_inds.shape != pos_labels.shape:
+        raise ValueError('pos_inds and pos_labels must have one length, got '
+                         f'{tuple(pos_inds.shape)} and {tuple(pos_labels.shape)}')
+    return pos_inds, pos_labels
+
+
+def gaussian_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                        alpha: float = 2.0, gamma: float = 4.0, pos_weight: float = 1.0,
+                        neg_weight: float = 1.0, reduction: str = 'mean',
+                        avg_factor: None | float | int | Tensor = None, *,
+                        pos_inds: Tensor | None = None, pos_labels: Tensor | None = None,
+                        loss_weight: float = 1.0) -> Tensor:
+    """Gaussian focal loss with the semantics of mmdet 3.3.0's ``GaussianFocalLoss`` (CenterNet,
+    CenterNet-update, CornerNet, CentripetalNet; its functions ``gaussian_focal_loss`` and
+    ``gaussian_focal_loss_with_pos_inds``), fused.
+
+    Element loss, p the predicted probability and t the Gaussian target:
+    ``pos_weight * -log(p) * (1 - p) ** alpha`` where t == 1, and
+    ``neg_weight * -log(1 - p) * p ** alpha * (1 - t) ** gamma`` elsewhere.
+
+    Args:
+        pred: probabilities in [0, 1] (the heads' sigmoid outputs), any shape. fp32, fp16,
+            bf16, fp64; fp32 arithmetic. Values outside [0, 1] raise a ValueError, like the
+            other losses' label checks (asynchronously on CUDA: see ``set_input_checks``).
+        target: the Gaussian heatmap of pred's shape, in [0, 1], 1 at the positives.
+        weight: None or a tensor that broadcasts to pred's shape (the dense form only).
+        alpha, gamma: the exponents (>= 0); pos_weight, neg_weight: the two terms' factors.
+        reduction, avg_factor, loss_weight: as ``sigmoid_focal_loss``.
+        pos_inds, pos_labels: CenterNet-update's form: pred (N, C), the positives are the
+            elements (pos_inds[k], pos_labels[k]) (rows and classes, integer vectors of one
+            length; a boolean row mask is accepted for pos_inds), the target only weights the
+            negative term, which covers every element. The two terms are reduced separately
+            (a 'mean' without avg_factor divides the positives' sum by their number) and added.
+
+    Returns:
+        The loss in the dtype mmdet returns (pred's and target's, promoted by weight /
+        avg_factor tensors).
+
+    Where it differs from mmdet, on purpose: mmdet adds eps = 1e-12 inside its logs; here the
+    logs are exact. Where p is neither 0 nor 1 the two agree to ~1e-12 / p relative; at p = 0
+    for a positive (p = 1 for a negative) the loss is +inf, as mathematics has it, where mmdet
+    returns 27.6 and a gradient of ~1e12; a term whose factor is 0 is 0, never 0 * inf. In the
+    pos_inds form, reduction='none' and weight raise a ValueError (mmdet broadcasts the two
+    terms' shapes against each other, and ignores weight).
+    """
+    _family_common(pred, reduction, loss_weight)
+    if pred.dim() == 0:
+        raise ValueError('pred must have at least one dimension')
+    for name, v in (('alpha', alpha), ('gamma', gamma)):
+        if not _finite(v) or v < 0:
+            raise ValueError(f'{name} must be a finite number >= 0, got {v!r}')
+    for name, v in (('pos_weight', pos_weight), ('neg_weight', neg_weight)):
+        if not _finite(v):
+            raise ValueError(f'{name} must be a finite number, got {v!r}')
+    _check_tensor('target', target, pred)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got "
+                         f'{tuple(target.shape)}')
+    target = _real_target('target', target)
+    _no_grad_input('target', target)
+    pos_inds, pos_labels = _positives(pos_inds, pos_labels, pred, reduction, weight)
+    w = None
+    if weight is not None:
+        _check_tensor('weight', weight, pred)
+        _no_grad_input('weight', weight)
+        if not _broadcasts_to(weight.shape, pred.shape):
+            raise ValueError(f'weight of shape {tuple(weight.shape)} does not broadcast to '
+                             f'pred\'s shape {tuple(pred.shape)}')
+        weight = _real_target('weight', weight)
+        w = weight if weight.shape == pred.shape else weight.expand(pred.shape)
+    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
+    red = REDUCTIONS[reduction]
+    af_tensor = af_tensor if red == MEAN else None
+    scale = float(loss_weight)
+    pos_factor = float(pos_weight)
+    if red == MEAN and af_tensor is None:
+        numel = pred.numel()
+        if af_value is not None:
+            scale = scale / (af_value + EPS)
+        else:
+            scale = scale / numel if numel else float('nan')
+            if pos_inds is not None:  # the positives' own mean: pos_weight / npos, over scale
+                npos = pos_inds.numel()
+                pos_factor = pos_factor * numel / npos if npos else float('nan')
+    out_dtype = _family_out_dtype(torch.promote_types(pred.dtype, target.dtype), weight,
+                                  af_tensor)
+    write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
+    check = checks._MODE != 'off'
+    flags = GaussianFocalSpec.flags(red, w is not None, pos_inds is not None, write_grad, check)
+    return _gaussian_focal_op(pred, target, w, pos_inds, pos_labels, af_tensor, float(alpha),
+                              float(gamma), pos_factor, float(neg_weight), scale, flags,
+                              out_dtype)

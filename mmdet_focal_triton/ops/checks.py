@@ -1,10 +1,11 @@
 """Input checks of the fused losses, reported without a host synchronisation.
 
-Class labels outside [0, C] (and, with activated=True, probabilities outside [0, 1]) are found
-inside the loss kernel, at no extra pass over the data. The kernel reports them by writing a
-*sticky flag* in pinned host memory, which every GPU can address directly (unified addressing:
-a pinned allocation is mapped into each device's address space). It writes only when it found
-something, so a clean call moves no byte and launches nothing for the check.
+Class labels outside [0, C] (and probabilities outside [0, 1]: activated=True, and
+GaussianFocalLoss) are found inside the loss kernel, at no extra pass over the data. The kernel
+reports them by writing a *sticky flag* in pinned host memory, which every GPU can address
+directly (unified addressing: a pinned allocation is mapped into each device's address space).
+It writes only when it found something, so a clean call moves no byte and launches nothing for
+the check.
 
 The host reads the flag of a device with a plain memory read (no CUDA call, no event): at the
 start of every fused-loss call on that device (earlier calls' results), in the backward, and in
@@ -64,11 +65,15 @@ def raise_bad(bits: int, C: int, deferred: bool = False) -> None:
     where = (' (found by the asynchronous input check of a loss call on this device, and raised '
              'at the first point after it where the result was known without waiting for the '
              "GPU; set_input_checks('sync') raises in the call itself)") if deferred else ''
+    if bits & LABEL_BIT and C == 0:  # GaussianFocalLoss's pos_inds form (no class count)
+        raise ValueError('pos_inds / pos_labels name elements outside pred (N, C): pos_inds '
+                         f'must be in [0, N) and pos_labels in [0, C){where}')
     if bits & LABEL_BIT:
         raise ValueError(f'target holds class indices outside [0, {C}] (num_classes = {C}; '
                          f'label {C} means background){where}')
     if bits & PROB_BIT:
-        raise ValueError(f'pred must hold probabilities in [0, 1] when activated=True{where}')
+        raise ValueError('pred must hold probabilities in [0, 1] (activated=True, and '
+                         f'GaussianFocalLoss){where}')
 
 
 class _Flags:

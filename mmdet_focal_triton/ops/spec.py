@@ -81,3 +81,14 @@ class VarifocalSpec(NamedTuple):
     weighted: bool  # a weight of pred's shape (possibly a broadcast view) multiplies the loss
     iou_weighted: bool  # elements with target > 0 are weighted by their target
     write_grad: bool  # compute d loss / d pred in the forward (reduced losses)
+
+
+@packed
+class GaussianFocalSpec(NamedTuple):
+    """One call of the Gaussian focal loss (mmdet's `GaussianFocalLoss`)."""
+    reduction: int  # NONE, MEAN or SUM
+    weighted: bool  # a weight of pred's shape multiplies the loss
+    neg_only: bool  # the pos_inds form: the kernel computes the negative term of every element,
+    #                 the positives listed by pos_inds are added by the host
+    write_grad: bool  # compute d loss / d pred in the forward (reduced losses)
+    check: bool  # report probabilities outside [0, 1]

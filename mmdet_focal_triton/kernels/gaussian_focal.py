@@ -1,0 +1,190 @@
+"""Triton kernel of the fused Gaussian focal loss (mmdet's `GaussianFocalLoss`: CenterNet,
+CenterNet-update, CornerNet, CentripetalNet).
+
+The loss has no class structure: a persistent grid of programs strides through the flattened
+heatmap in blocks of BLOCK elements (full-width vector accesses whatever the shape). As the
+other kernels: the gradient written in the forward, already multiplied by weight,
+normalisation and loss weight; the reduction finished in the same launch by the last program
+(`common.reduce_in_last_program`: fixed order, no float atomics); fp32 arithmetic, int64
+offsets; probabilities outside [0, 1] reported through the sticky flag (`ops/checks.py`).
+
+Math (mmdet 3.3.0 without its eps = 1e-12 inside the logs), p the probability, t the target:
+    t == 1:  loss = pos_weight * -log(p) * (1 - p) ** alpha
+    t != 1:  loss = neg_weight * -log(1 - p) * p ** alpha * (1 - t) ** gamma
+Both are a factor times f(s) = s ** alpha * -log(1 - s): s = p for a negative, s = 1 - p for a
+positive (whose d loss / dp is then -f'(s)). With c = 1 - s taken from p without cancellation
+(c = p at a positive, 1 - p at a negative) and L = -log(c) / s:
+    f(s) = s ** alpha * s * L,    f'(s) = s ** alpha * (1 / c + alpha * L)
+L is evaluated as log(c) / (c - 1) (Goldberg's log1p: accurate to a few ulps as s -> 0, where
+L -> 1, and at the c of a rounded 1 - p). The loss is +inf where mathematics says it is (p = 0
+at a positive, p = 1 at a negative; mmdet's eps gives 27.6 there); a term whose factor is 0
+((1 - t) ** gamma at t = 1 in the pos_inds form) is 0, never 0 * inf.
+"""
+import triton
+import triton.language as tl
+
+from .common import reduce_in_last_program, report_bad_input
+
+
+@triton.jit
+def _pow(base, e, MODE: tl.constexpr):
+    """base ** e for base >= 0. MODE 0: e == 0; 2: e == 2; 4: e == 4; 1: any e > 0."""
+    if MODE == 0:
+        r = tl.full(base.shape, 1.0, tl.float32)
+    elif MODE == 2:
+        r = base * base
+    elif MODE == 4:
+        b2 = base * base
+        r = b2 * b2
+    else:
+        r = tl.where(base > 0.0, tl.exp2(e * tl.log2(tl.maximum(base, 1e-38))), 0.0)
+    return r
+
+
+@triton.jit
+def gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
+                           ALPHA_MODE: tl.constexpr, GAMMA_MODE: tl.constexpr,
+                           NEG_ONLY: tl.constexpr):
+    """(loss, d loss / dp) of probabilities p with Gaussian targets t (fp32). NEG_ONLY: the
+    negative term everywhere (the pos_inds form, whose positives are listed apart)."""
+    if NEG_ONLY:
+        pos = tl.full(p.shape, 0, tl.int1)
+    else:
+        pos = t == 1.0
+    s = tl.where(pos, 1.0 - p, p)
+    c = tl.where(pos, p, 1.0 - p)
+    one = c == 1.0
+    L = tl.where(one, -1.0, tl.log(c)) / tl.where(one, -1.0, c - 1.0)  # -log(c) / s
+    sa = _pow(s, alpha, ALPHA_MODE)
+    factor = tl.where(pos, pos_weight, neg_weight * _pow(1.0 - t, gamma, GAMMA_MODE))
+    live = factor != 0.0
+    loss = tl.where(live, factor * (sa * s * L), 0.0)
+    d = tl.where(live, factor * (sa * (1.0 / c + alpha * L)), 0.0)
+    return loss, tl.where(pos, -d, d)
+
+
+@triton.jit
+def gaussian_focal_loss_kernel(
+    P,  # predicted probabilities, contiguous, n elements
+    T,  # Gaussian targets, contiguous, n elements, any real dtype
+    W,  # weights, contiguous, n elements, read only if WEIGHTED
+    UP,  # upstream gradient, contiguous, n elements, read only if UPSTREAM
+    LOSS,  # elementwise loss out, n elements, written only if WRITE_LOSS
+    GRAD,  # gradient out, n elements, written only if WRITE_GRAD
+    OUT,  # the reduced loss (one element), written only if REDUCE
+    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
+    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
+    FLAG,  # int32 sticky invalid-input flag in host-mapped memory (CHECK)
+    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    n,  # elements
+    num_blocks,  # cdiv(n, BLOCK); the programs stride over them (persistent grid)
+    alpha,  # exponent of the modulating factor s (p at a negative, 1 - p at a positive)
+    gamma,  # exponent of the negatives' Gaussian factor (1 - t)
+    pos_weight,  # factor of the positives (t == 1)
+    neg_weight,  # factor of the negatives
+    scale,  # loss_weight / normaliser: factor of the reduced loss, of a 'none' loss and of the
+    #         gradient (which HAS_AF further divides by avg_factor + eps)
+    eps,  # added to avg_factor (float32 machine epsilon, as mmdet)
+    ALPHA_MODE: tl.constexpr,  # 0: alpha == 0, 2: alpha == 2, 4: alpha == 4, 1: any
+    GAMMA_MODE: tl.constexpr,  # the same for gamma
+    NEG_ONLY: tl.constexpr,  # the pos_inds form: the negative term of every element
+    WEIGHTED: tl.constexpr,  # multiply the loss by W elementwise
+    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
+    UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
+    WRITE_LOSS: tl.constexpr,  # store the elementwise loss
+    REDUCE: tl.constexpr,  # reduce the loss to OUT (sum * scale [/ (avg_factor + eps)])
+    WRITE_GRAD: tl.constexpr,  # store the gradient
+    CHECK: tl.constexpr,  # flag probabilities outside [0, 1]
+    BLOCK: tl.constexpr,  # elements per block
+    BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
+):
+    pid = tl.program_id(0).to(tl.int64)
+    nprog = tl.num_programs(0)
+    gscale = scale  # of the gradient
+    if WRITE_GRAD:
+        if HAS_AF:
+            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
+    acc = tl.zeros([BLOCK], tl.float32)
+    bad = tl.zeros([BLOCK], tl.int32)
+    for b in range(pid, num_blocks, nprog):
+        offs = b * BLOCK + tl.arange(0, BLOCK)  # int64
+        mask = offs < n
+        p = tl.load(P + offs, mask=mask, other=0.5).to(tl.float32)
+        t = tl.load(T + offs, mask=mask, other=0).to(tl.float32)
+        loss, dp = gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
+                                          ALPHA_MODE, GAMMA_MODE, NEG_ONLY)
+        if CHECK:
+            bad = bad | (((p < 0.0) | (p > 1.0)) & mask).to(tl.int32)
+        if WEIGHTED:
+            w = tl.load(W + offs, mask=mask, other=0).to(tl.float32)
+            loss = loss * w
+            dp = dp * w
+        if REDUCE:
+            acc += tl.where(mask, loss, 0.0)
+        if WRITE_LOSS:
+            tl.store(LOSS + offs, (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
+        if WRITE_GRAD:
+            g = dp * gscale
+            if UPSTREAM:
+                g = g * tl.load(UP + offs, mask=mask, other=0).to(tl.float32)
+            tl.store(GRAD + offs, g.to(GRAD.dtype.element_ty), mask=mask)
+    if CHECK:
+        report_bad_input(FLAG, tl.max(bad, axis=0) * 2, 0)
+    if REDUCE:
+        reduce_in_last_program(tl.sum(acc, axis=0), PARTIAL, COUNTER, OUT, AF, scale, eps,
+                               HAS_AF, BLOCK_P)
+
+
+@triton.jit
+def gaussian_positives_kernel(
+    P,  # predicted probabilities, contiguous (N, C)
+    I,  # pos_inds (npos,): the rows of the positives, any integer dtype
+    L,  # pos_labels (npos,): their classes
+    IDX,  # int64 out (npos,): each positive's flat index into P (0 where invalid)
+    PG,  # out (npos,): d loss / dp of each positive, in GRAD's dtype (0 where invalid)
+    OUT,  # the reduced loss (one element): the positives' loss is added to it
+    FLAG,  # int32 sticky invalid-input flag (CHECK)
+    AF,  # avg_factor (one element), read only if HAS_AF
+    npos,  # number of positives
+    N,  # rows of P
+    C,  # columns of P
+    alpha,  # exponent of the modulating factor (1 - p)
+    factor,  # pos_weight * scale: the positives' loss factor (before / (avg_factor + eps))
+    eps,  # added to avg_factor
+    ALPHA_MODE: tl.constexpr,  # as gaussian_focal_loss_kernel
+    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps)
+    WRITE_GRAD: tl.constexpr,  # store IDX and PG
+    CHECK: tl.constexpr,  # flag positives outside the (N, C) heatmap
+    BLOCK: tl.constexpr,  # positives per step
+):
+    """The positives of the pos_inds form (CenterNet-update), one program, after the main
+    kernel on the same stream: gathers each positive's probability, adds
+    factor * sum(-log(p) * (1 - p) ** alpha) [/ (avg_factor + eps)] to OUT in a fixed order, and
+    writes each positive's gradient for the host's accumulating scatter (duplicated positives
+    add up, as in mmdet's autograd). Positives outside the heatmap are reported (label bit),
+    never read."""
+    norm = factor
+    if HAS_AF:
+        norm = factor / (tl.load(AF).to(tl.float32) + eps)
+    acc = tl.zeros([BLOCK], tl.float32)
+    bad = tl.zeros([BLOCK], tl.int32)
+    for k0 in range(0, npos, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        m = k < npos
+        i = tl.load(I + k, mask=m, other=0).to(tl.int64)
+        lab = tl.load(L + k, mask=m, other=0).to(tl.int64)
+        ok = m & (i >= 0) & (i < N) & (lab >= 0) & (lab < C)
+        if CHECK:
+            bad = bad | (m & ~ok).to(tl.int32)
+        idx = tl.where(ok, i * C + lab, 0)
+        p = tl.load(P + idx, mask=ok, other=0.5).to(tl.float32)
+        loss, dp = gaussian_focal_element(p, tl.full(p.shape, 1.0, tl.float32), alpha, 0.0,
+                                          1.0, 0.0, ALPHA_MODE, 0, False)
+        acc += tl.where(ok, loss, 0.0)
+        if WRITE_GRAD:
+            tl.store(IDX + k, idx, mask=m)
+            tl.store(PG + k, tl.where(ok, dp * norm, 0.0).to(PG.dtype.element_ty), mask=m)
+    if CHECK:
+        report_bad_input(FLAG, tl.max(bad, axis=0), 0)  # C = 0: the positives' message
+    total = tl.load(OUT).to(tl.float32) + tl.sum(acc, axis=0) * norm
+    tl.store(OUT, total.to(OUT.dtype.element_ty))

@@ -1,0 +1,74 @@
+"""PyTorch implementation of the Gaussian focal loss: the CPU path (and a second reference for
+the Triton kernels). The same math as `kernels/gaussian_focal.py`, evaluated in fp32 (float64
+when pred is float64)."""
+import torch
+from torch import Tensor
+
+from .checks import LABEL_BIT, raise_bad
+from .spec import GaussianFocalSpec
+from .torch_common import EPS, check_now, reduce_and_scale
+
+
+def _pow(base: Tensor, e: float) -> Tensor:
+    if e == 0.0:
+        return torch.ones_like(base)
+    if e == 2.0:
+        return base * base
+    return base.pow(e)
+
+
+def elementwise(p: Tensor, t: Tensor, alpha: float, gamma: float, pos_weight: float,
+                neg_weight: float, neg_only: bool) -> tuple[Tensor, Tensor]:
+    """Elementwise (loss, d loss / dp): pos_weight * -log(p) * (1 - p) ** alpha where t == 1
+    (nowhere if `neg_only`), neg_weight * -log(1 - p) * p ** alpha * (1 - t) ** gamma elsewhere;
+    written as factor * f(s) with s = p or 1 - p (the kernel's docstring)."""
+    pos = torch.zeros_like(p, dtype=torch.bool) if neg_only else t == 1
+    s = torch.where(pos, 1 - p, p)
+    c = torch.where(pos, p, 1 - p)
+    one = c == 1
+    L = torch.where(one, -1.0, torch.log(c)) / torch.where(one, -1.0, c - 1)  # -log(c) / s
+    sa = _pow(s, alpha)
+    factor = torch.where(pos, pos_weight, neg_weight * _pow(1 - t, gamma))
+    live = factor != 0
+    loss = torch.where(live, factor * (sa * s * L), 0.0)
+    d = torch.where(live, factor * (sa * (1 / c + alpha * L)), 0.0)
+    return loss, torch.where(pos, -d, d)
+
+
+def forward(pred: Tensor, target: Tensor, weight: Tensor | None, pos_inds: Tensor | None,
+            pos_labels: Tensor | None, avg_factor: Tensor | None, upstream: Tensor | None,
+            alpha: float, gamma: float, pos_weight: float, neg_weight: float, scale: float,
+            spec: GaussianFocalSpec, out_dtype: torch.dtype,
+            loss_shape: tuple) -> tuple[Tensor | None, Tensor | None]:
+    """(loss, grad) as the Triton launcher computes them (contiguous inputs of any shape; the
+    pos_inds form with (N, C) pred); the input checks raise in the call."""
+    cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    if spec.check:
+        check_now(pred.reshape(pred.shape[0], -1), target, False, True)
+    p = pred.to(cdt)
+    loss, dp = elementwise(p, target.to(cdt), alpha, gamma, pos_weight, neg_weight,
+                           spec.neg_only)
+    if spec.weighted:
+        w = weight.to(cdt)
+        loss = loss * w
+        dp = dp * w
+    if upstream is not None:  # backward of 'none'
+        return None, (dp * scale * upstream.to(cdt)).to(pred.dtype)
+    if pos_inds is None:
+        return reduce_and_scale(loss, dp, scale, avg_factor, spec.reduction, spec.write_grad,
+                                out_dtype, loss_shape, pred.dtype)
+    out, grad = reduce_and_scale(loss, dp, scale, avg_factor, spec.reduction, spec.write_grad,
+                                 cdt, loss_shape, pred.dtype)
+    N, C = pred.shape
+    if spec.check and bool(((pos_inds < 0) | (pos_inds >= N) | (pos_labels < 0)
+                            | (pos_labels >= C)).any()):
+        raise_bad(LABEL_BIT, 0)
+    rows, cols = pos_inds.long(), pos_labels.long()
+    lp, dpp = elementwise(p[rows, cols], torch.ones((), dtype=cdt), alpha, 0.0, 1.0, 0.0, False)
+    norm = pos_weight * scale
+    if avg_factor is not None:
+        norm = norm / (avg_factor + EPS).to(cdt).reshape(())
+    out = (out + lp.sum() * norm).to(out_dtype)
+    if grad is not None:
+        grad.index_put_((rows, cols), (dpp * norm).to(grad.dtype), accumulate=True)
+    return out, grad
