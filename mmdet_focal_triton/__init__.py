@@ -1,8 +1,9 @@
 """Fused Triton sigmoid focal loss for mmdetection 3.x.
 
-``import mmdet_focal_triton`` registers ``TritonFocalLoss``, ``TritonQualityFocalLoss`` and
-``TritonVarifocalLoss`` in mmdet's MODELS registry (when mmdet is installed) and exposes the
-functional API ``sigmoid_focal_loss``, ``quality_focal_loss``, ``varifocal_loss``; with
+``import mmdet_focal_triton`` registers ``TritonFocalLoss``, ``TritonQualityFocalLoss``,
+``TritonVarifocalLoss`` and ``TritonGaussianFocalLoss`` in mmdet's MODELS registry (when mmdet
+is installed) and exposes the functional API ``sigmoid_focal_loss``, ``quality_focal_loss``,
+``varifocal_loss``, ``gaussian_focal_loss``; with
 mmengine it also registers the data-parallel helpers of ``mmdet_focal_triton.distributed``
 (``AverageLogVarsHook``, ``CPUSyncBN``).
 
@@ -13,7 +14,12 @@ torch is checked first: a missing or too old one is an ImportError that names th
 from .requirements import MIN_TORCH  # noqa: F401
 
 # isort: split
-from .functional import quality_focal_loss, sigmoid_focal_loss, varifocal_loss
+from .functional import (
+    gaussian_focal_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    varifocal_loss,
+)
 from .ops.backend import backend, get_backend, set_backend
 from .ops.checks import (
     check_pending_inputs,
@@ -25,7 +31,8 @@ from .ops.tuning import reset_tuning, set_tuning
 
 __version__ = '0.1.0'
 
-__all__ = ['sigmoid_focal_loss', 'quality_focal_loss', 'varifocal_loss', 'set_backend',
+__all__ = ['sigmoid_focal_loss', 'quality_focal_loss', 'varifocal_loss', 'gaussian_focal_loss',
+           'set_backend',
            'get_backend', 'backend', 'set_input_checks',
            'get_input_checks', 'input_checks_enabled', 'check_pending_inputs', 'set_tuning',
            'reset_tuning', '__version__']
@@ -40,11 +47,14 @@ except ImportError:  # the functional API works without mmdet
     pass
 else:
     from .config_utils import swap_focal_family, swap_focal_loss  # noqa: F401
-    from .focal_loss import TritonFocalLoss, replace_mmdet_focal_loss  # noqa: F401
+    from .family import replace_mmdet_focal_loss  # noqa: F401
+    from .focal_loss import TritonFocalLoss  # noqa: F401
+    from .gaussian_focal import TritonGaussianFocalLoss  # noqa: F401
     from .quality_focal import TritonQualityFocalLoss  # noqa: F401
     from .varifocal import TritonVarifocalLoss  # noqa: F401
 
     __all__ += ['TritonFocalLoss', 'TritonQualityFocalLoss', 'TritonVarifocalLoss',
+                'TritonGaussianFocalLoss',
                 'replace_mmdet_focal_loss', 'swap_focal_loss', 'swap_focal_family']
 
 try:

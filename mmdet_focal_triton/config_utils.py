@@ -2,9 +2,10 @@
 
 mmdet's focal family and its replacements (same arguments, same results):
 
-    FocalLoss         -> TritonFocalLoss          (RetinaNet, FCOS, ATSS, DINO, ...)
-    QualityFocalLoss  -> TritonQualityFocalLoss   (GFL, RTMDet, TOOD, DDQ, LD, ...)
-    VarifocalLoss     -> TritonVarifocalLoss      (VFNet)
+    FocalLoss          -> TritonFocalLoss          (RetinaNet, FCOS, ATSS, DINO, ...)
+    QualityFocalLoss   -> TritonQualityFocalLoss   (GFL, RTMDet, TOOD, DDQ, LD, ...)
+    VarifocalLoss      -> TritonVarifocalLoss      (VFNet)
+    GaussianFocalLoss  -> TritonGaussianFocalLoss  (CenterNet, CornerNet, CentripetalNet)
 
 Typical use, from a script or notebook::
 
@@ -19,40 +20,24 @@ Typical use, from a script or notebook::
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+from .family import FOCAL_FAMILY, our_class
+
 __all__ = ['swap_focal_loss', 'swap_focal_family', 'FOCAL_FAMILY', 'PACKAGE_IMPORT']
 
 PACKAGE_IMPORT = 'mmdet_focal_triton'
-# mmdet's loss name -> ours
-FOCAL_FAMILY = {
-    'FocalLoss': 'TritonFocalLoss',
-    'QualityFocalLoss': 'TritonQualityFocalLoss',
-    'VarifocalLoss': 'TritonVarifocalLoss',
-}
-
-
-def _our_class(name: str) -> type:
-    """Our class for one of mmdet's loss names (imported on first use: needs mmdet)."""
-    if name == 'FocalLoss':
-        from .focal_loss import TritonFocalLoss
-        return TritonFocalLoss
-    if name == 'QualityFocalLoss':
-        from .quality_focal import TritonQualityFocalLoss
-        return TritonQualityFocalLoss
-    from .varifocal import TritonVarifocalLoss
-    return TritonVarifocalLoss
 
 
 def _swapped_type(t: Any, losses: frozenset) -> tuple[str, Any] | None:
     """(mmdet's loss name, the replacement) for a ``type`` value naming one of `losses`, or None.
 
-    * ``'FocalLoss'`` -> ``'TritonFocalLoss'`` (and the two others likewise);
+    * ``'FocalLoss'`` -> ``'TritonFocalLoss'`` (and the rest of the family likewise);
     * ``'mmdet.FocalLoss'`` -> ``'mmdet.TritonFocalLoss'``: the scope is kept, so a config of
       another OpenMMLab codebase (e.g. mmyolo, default_scope='mmyolo') that borrows mmdet's loss
       still finds ours in mmdet's registry, where it is registered;
     * the class ``mmdet.models.losses.FocalLoss`` itself (pure-python / lazy-import configs) ->
       our class.
 
-    Anything else (another scope's ``'x.FocalLoss'``, ``FocalLossCost``, ``GaussianFocalLoss``,
+    Anything else (another scope's ``'x.FocalLoss'``, ``FocalLossCost``,
     ``DistributionFocalLoss``, ... and our own classes) is left alone.
     """
     if isinstance(t, str):
@@ -62,7 +47,7 @@ def _swapped_type(t: Any, losses: frozenset) -> tuple[str, Any] | None:
         return None  # another scope's 'X.FocalLoss' is not mmdet's: not ours to replace
     if isinstance(t, type):
         if t.__name__ in losses and t.__module__.split('.')[0] == 'mmdet':
-            return t.__name__, _our_class(t.__name__)
+            return t.__name__, our_class(t.__name__)
         return None
     # mmengine's LazyObject (lazy-import configs: ``from mmdet.models.losses import FocalLoss``):
     # replaced by a LazyObject, so the config stays lazy and dumpable
@@ -125,7 +110,8 @@ def _ensure_custom_import(cfg: Any) -> None:
 
 def swap_focal_family(cfg: Any, losses: Iterable[str] = tuple(FOCAL_FAMILY)) -> dict:
     """`swap_focal_loss`, returning how many dicts of each of mmdet's loss types it replaced:
-    ``{'FocalLoss': n1, 'QualityFocalLoss': n2, 'VarifocalLoss': n3}``."""
+    ``{'FocalLoss': n1, 'QualityFocalLoss': n2, 'VarifocalLoss': n3,
+    'GaussianFocalLoss': n4}``."""
     if not hasattr(cfg, 'get') or not hasattr(cfg, '__setitem__'):
         raise TypeError(f'cfg must be an mmengine Config or a dict, got {type(cfg).__name__}')
     if isinstance(losses, str):
@@ -149,8 +135,9 @@ def swap_focal_loss(cfg: Any, losses: Iterable[str] = tuple(FOCAL_FAMILY)) -> in
     """Replace every loss of mmdet's focal family in ``cfg.model`` with ours, in place.
 
     ``FocalLoss`` -> ``TritonFocalLoss``, ``QualityFocalLoss`` -> ``TritonQualityFocalLoss``,
-    ``VarifocalLoss`` -> ``TritonVarifocalLoss`` (``losses`` restricts it to some of mmdet's
-    names, e.g. ``losses=('FocalLoss',)``).
+    ``VarifocalLoss`` -> ``TritonVarifocalLoss``, ``GaussianFocalLoss`` ->
+    ``TritonGaussianFocalLoss`` (``losses`` restricts it to some of mmdet's names, e.g.
+    ``losses=('FocalLoss',)``).
 
     Walks ``cfg['model']`` (dicts and lists at any depth: ``bbox_head.loss_cls``, RPN heads,
     DETR-family heads, TOOD's ``initial_loss_cls``, the detector inside a semi-supervised
@@ -159,8 +146,7 @@ def swap_focal_loss(cfg: Any, losses: Iterable[str] = tuple(FOCAL_FAMILY)) -> in
     other arguments (``gamma``, ``alpha``, ``beta``, ``iou_weighted``, ``reduction``,
     ``loss_weight``, ``activated``, ...) are kept as they are, so the loss is the same. Dicts of
     other types are never touched: ``FocalLossCost`` (Hungarian matching costs),
-    ``GaussianFocalLoss``, ``DistributionFocalLoss`` ... stay what they are. A loss that a
-    module builds from its own default arguments, not from the config (DDQ's auxiliary
+    ``DistributionFocalLoss`` ... stay what they are. A loss that a module builds from its own default arguments, not from the config (DDQ's auxiliary
     ``QualityFocalLoss``), is out of a config's reach: ``mmdet_focal_triton.override`` replaces
     those too.
 
@@ -172,7 +158,7 @@ def swap_focal_loss(cfg: Any, losses: Iterable[str] = tuple(FOCAL_FAMILY)) -> in
 
     Args:
         cfg: an ``mmengine.Config`` or a plain dict with a ``model`` key.
-        losses: which of mmdet's losses to replace (default: all three).
+        losses: which of mmdet's losses to replace (default: all four).
 
     Returns:
         int: the number of loss dicts swapped (0 if the model uses none of them, or has already

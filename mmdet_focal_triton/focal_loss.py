@@ -50,26 +50,3 @@ class TritonFocalLoss(nn.Module):
         return (f'gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}, '
                 f'loss_weight={self.loss_weight}, activated={self.activated}')
 
-
-def replace_mmdet_focal_loss(losses=('FocalLoss', 'QualityFocalLoss', 'VarifocalLoss')) -> None:
-    """Opt-in: make ``type='FocalLoss'`` in any config build ``TritonFocalLoss``, and likewise
-    ``'QualityFocalLoss'`` -> ``TritonQualityFocalLoss``, ``'VarifocalLoss'`` ->
-    ``TritonVarifocalLoss`` (``losses``: which of mmdet's names; default all three).
-
-    Overwrites those entries of mmdet's MODELS registry for this process, so that also the losses
-    a module builds from its own defaults (DDQ's auxiliary QualityFocalLoss) are ours. For
-    configs you cannot edit; otherwise prefer ``type='TritonFocalLoss'`` (etc.) or the swap
-    helper (``mmdet_focal_triton.swap_focal_loss``). Importing ``mmdet_focal_triton.override``
-    (e.g. from a config's ``custom_imports``) does the same for all three.
-    """
-    import mmdet.models.losses  # noqa: F401  (register mmdet's own losses first)
-
-    from .config_utils import FOCAL_FAMILY, _our_class
-
-    if isinstance(losses, str):
-        losses = (losses,)
-    for name in losses:
-        if name not in FOCAL_FAMILY:
-            raise ValueError(f'losses must name mmdet losses among {sorted(FOCAL_FAMILY)}, got '
-                             f'{name!r}')
-        MODELS.register_module(name=name, module=_our_class(name), force=True)

@@ -1,12 +1,13 @@
 """Importing this module makes mmdet's focal family build ours (opt-in): ``type='FocalLoss'``
-builds ``TritonFocalLoss``, ``'QualityFocalLoss'`` ``TritonQualityFocalLoss`` and
-``'VarifocalLoss'`` ``TritonVarifocalLoss``, also where a module builds the loss from its own
+builds ``TritonFocalLoss``, ``'QualityFocalLoss'`` ``TritonQualityFocalLoss``,
+``'VarifocalLoss'`` ``TritonVarifocalLoss`` and ``'GaussianFocalLoss'``
+``TritonGaussianFocalLoss``, also where a module builds the loss from its own
 defaults (DDQ's auxiliary loss).
 
 Use from a config you can add one line to but not otherwise edit::
 
     custom_imports = dict(imports=['mmdet_focal_triton.override'], allow_failed_imports=False)
 """
-from .focal_loss import replace_mmdet_focal_loss
+from .family import replace_mmdet_focal_loss
 
 replace_mmdet_focal_loss()

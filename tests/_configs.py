@@ -13,7 +13,7 @@ import torch
 from mmengine.config import Config, ConfigDict
 
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
-FAMILY = ('FocalLoss', 'QualityFocalLoss', 'VarifocalLoss')
+FAMILY = ('FocalLoss', 'QualityFocalLoss', 'VarifocalLoss', 'GaussianFocalLoss')
 MMDET_TYPES = FAMILY + tuple(f'mmdet.{name}' for name in FAMILY)
 OUR_NAMES = {name: f'Triton{name}' for name in FAMILY}
 

@@ -91,3 +91,30 @@ def reference_varifocal_loss(pred, target, weight=None, alpha=0.75, gamma=2.0,
             alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).double()
     loss = F.binary_cross_entropy_with_logits(pred, target, reduction='none') * focal_weight
     return loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def reference_gaussian_focal_loss(pred, target, weight=None, alpha=2.0, gamma=4.0,
+                                  pos_weight=1.0, neg_weight=1.0, reduction='mean',
+                                  avg_factor=None, loss_weight=1.0, pos_inds=None,
+                                  pos_labels=None, eps=0.0):
+    """`GaussianFocalLoss(alpha, gamma, reduction, loss_weight, pos_weight, neg_weight)(pred,
+    target, pos_inds, pos_labels, weight, avg_factor)` in float64: mmdet's
+    `gaussian_focal_loss` / `gaussian_focal_loss_with_pos_inds` with their eps inside the logs
+    as a parameter (mmdet: 1e-12; default 0, the mathematics the fused loss follows). Terms
+    whose factor is 0 are left out, as mathematics has it (mmdet's eps keeps them finite)."""
+    pred = pred.double()
+    target = target.double()
+    neg_weights = (1 - target).pow(gamma)
+    neg_loss = -(1 - pred + eps).log() * pred.pow(alpha) * neg_weights
+    neg_loss = torch.where(neg_weights == 0, torch.zeros((), dtype=pred.dtype), neg_loss)
+    if pos_inds is None:
+        pos = target.eq(1)
+        pos_loss = -(pred + eps).log() * (1 - pred).pow(alpha)
+        pos_loss = torch.where(pos, pos_loss, torch.zeros((), dtype=pred.dtype))
+        loss = pos_weight * pos_loss + neg_weight * neg_loss
+        return loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
+    pos_pred = pred[pos_inds].gather(1, pos_labels.long().unsqueeze(1))
+    pos_loss = -(pos_pred + eps).log() * (1 - pos_pred).pow(alpha)
+    pos_loss = weight_reduce_loss(pos_loss, None, reduction, avg_factor)
+    neg_loss = weight_reduce_loss(neg_loss, None, reduction, avg_factor)
+    return loss_weight * (pos_weight * pos_loss + neg_weight * neg_loss)

@@ -1,7 +1,8 @@
 """The package in mmdet's world: registry, the opt-in replacement of mmdet's losses, the config
 swap helper, the shipped configs and tools/train.py, for the whole focal family.
 
-* TritonFocalLoss, TritonQualityFocalLoss and TritonVarifocalLoss build from config dicts
+* TritonFocalLoss, TritonQualityFocalLoss, TritonVarifocalLoss and TritonGaussianFocalLoss build
+  from config dicts
   (tests/test_family_mmdet.py: their arguments); importing the package leaves mmdet's classes in
   place; replace_mmdet_focal_loss() / mmdet_focal_triton.override replace them (the tests
   restore them), also where a module builds its loss from its own defaults (DDQ).
@@ -34,6 +35,7 @@ from _configs import (
     strip_scope,
 )
 from mmdet.models.losses import FocalLoss as MMDetFocalLoss
+from mmdet.models.losses import GaussianFocalLoss as MMDetGFL
 from mmdet.models.losses import QualityFocalLoss as MMDetQFL
 from mmdet.models.losses import VarifocalLoss as MMDetVFL
 from mmdet.registry import MODELS
@@ -44,6 +46,7 @@ from mmengine.utils import import_modules_from_strings
 import mmdet_focal_triton
 from mmdet_focal_triton import (
     TritonFocalLoss,
+    TritonGaussianFocalLoss,
     TritonQualityFocalLoss,
     TritonVarifocalLoss,
     swap_focal_family,
@@ -61,8 +64,9 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # the three-line configs of configs/README.md (configs/ holds other tools' configs too)
 SHIPPED = sorted(glob.glob(osp.join(REPO, 'configs', '*', '*triton-*.py')))
 OURS = {'FocalLoss': TritonFocalLoss, 'QualityFocalLoss': TritonQualityFocalLoss,
-        'VarifocalLoss': TritonVarifocalLoss}
-MMDETS = {'FocalLoss': MMDetFocalLoss, 'QualityFocalLoss': MMDetQFL, 'VarifocalLoss': MMDetVFL}
+        'VarifocalLoss': TritonVarifocalLoss, 'GaussianFocalLoss': TritonGaussianFocalLoss}
+MMDETS = {'FocalLoss': MMDetFocalLoss, 'QualityFocalLoss': MMDetQFL, 'VarifocalLoss': MMDetVFL,
+          'GaussianFocalLoss': MMDetGFL}
 
 
 # ------------------------------------------------------------------------------- registry
@@ -99,8 +103,11 @@ def test_replace_mmdet_focal_loss(restore_family):
     assert head_cfg.loss_cls.type == 'FocalLoss'
     head_cfg.update(in_channels=8, feat_channels=8, stacked_convs=1)
     assert type(MODELS.build(head_cfg).loss_cls) is TritonFocalLoss
+    built = MODELS.build(dict(type='GaussianFocalLoss', pos_weight=0.25, neg_weight=0.75))
+    assert type(built) is TritonGaussianFocalLoss and (built.pos_weight, built.neg_weight) == (
+        0.25, 0.75)
     with pytest.raises(ValueError, match='losses must name'):
-        mmdet_focal_triton.replace_mmdet_focal_loss(losses=('GaussianFocalLoss',))
+        mmdet_focal_triton.replace_mmdet_focal_loss(losses=('DistributionFocalLoss',))
 
 
 def test_override_module_replaces_the_family(restore_family):
@@ -152,8 +159,9 @@ def _model_with_everything():
         aux=[dict(loss_cls=dict(type='mmdet.QualityFocalLoss', beta=1.5)),
              (dict(loss_cls=dict(type='VarifocalLoss', alpha=0.5, gamma=1.0,
                                  iou_weighted=False)),)],
+        centernet_head=dict(loss_center_heatmap=dict(type='GaussianFocalLoss', loss_weight=1.0)),
         extra=dict(
-            gfl=dict(type='GaussianFocalLoss'), dfl=dict(type='DistributionFocalLoss'),
+            dfl=dict(type='DistributionFocalLoss'),
             mine=dict(type='mmyolo.FocalLoss'), theirs=dict(type='mmyolo.QualityFocalLoss'),
             already=dict(type='TritonFocalLoss'), already_vfl=dict(type='TritonVarifocalLoss')),
         train_cfg=dict(assigner=dict(type='HungarianAssigner', match_costs=[
@@ -165,8 +173,11 @@ def _model_with_everything():
 def test_swap_nested(kind):
     raw = dict(model=_model_with_everything(), work_dir='w')
     cfg = Config(copy.deepcopy(raw)) if kind == 'Config' else copy.deepcopy(raw)
-    assert swap_focal_family(cfg) == {'FocalLoss': 5, 'QualityFocalLoss': 2, 'VarifocalLoss': 1}
+    assert swap_focal_family(cfg) == {'FocalLoss': 5, 'QualityFocalLoss': 2, 'VarifocalLoss': 1,
+                                      'GaussianFocalLoss': 1}
     model, want = cfg['model'], raw['model']
+    assert model['centernet_head']['loss_center_heatmap'] == dict(
+        type='TritonGaussianFocalLoss', loss_weight=1.0)
     assert model['rpn_head']['loss_cls'] == dict(type='mmdet.TritonFocalLoss', loss_weight=3.0)
     assert model['bbox_head']['loss_cls'] == dict(want['bbox_head']['loss_cls'],
                                                   type='TritonFocalLoss')
@@ -199,6 +210,7 @@ def test_swap_can_be_restricted():
     assert cfg['model']['tood_head']['loss_cls']['type'] == 'QualityFocalLoss'
     assert swap_focal_family(cfg, losses='VarifocalLoss')['VarifocalLoss'] == 1
     assert cfg['model']['tood_head']['loss_cls']['type'] == 'QualityFocalLoss'
+    assert cfg['model']['centernet_head']['loss_center_heatmap']['type'] == 'GaussianFocalLoss'
     with pytest.raises(ValueError, match='losses must name'):
         swap_focal_loss(cfg, losses=('CrossEntropyLoss',))
 
@@ -247,12 +259,14 @@ def test_swap_class_and_lazy_types():
         e=dict(type=LazyObject('mmdet.models.losses', 'QualityFocalLoss')),
         f=dict(type=LazyObject('othercodebase.losses', 'FocalLoss')),
         g=dict(type=LazyObject('othercodebase.losses', 'QualityFocalLoss')),
-        h=dict(type=TritonQualityFocalLoss)))
-    assert swap_focal_family(cfg) == {'FocalLoss': 2, 'QualityFocalLoss': 2, 'VarifocalLoss': 1}
+        h=dict(type=TritonQualityFocalLoss),
+        i=dict(type=LazyObject('mmdet.models.losses', 'GaussianFocalLoss'), gamma=2.0)))
+    assert swap_focal_family(cfg) == {'FocalLoss': 2, 'QualityFocalLoss': 2, 'VarifocalLoss': 1,
+                                      'GaussianFocalLoss': 1}
     m = cfg['model']
     assert m['a']['type'] is TritonFocalLoss and m['c']['type'] is TritonQualityFocalLoss
     for key, cls in (('b', TritonFocalLoss), ('d', TritonVarifocalLoss),
-                     ('e', TritonQualityFocalLoss)):
+                     ('e', TritonQualityFocalLoss), ('i', TritonGaussianFocalLoss)):
         assert isinstance(m[key]['type'], LazyObject) and m[key]['type'].build() is cls
     assert m['b']['alpha'] == 0.5
     assert str(m['f']['type']) == 'FocalLoss' and str(m['g']['type']) == 'QualityFocalLoss'
@@ -283,7 +297,9 @@ def test_shipped_configs_exist():
                      'atss/atss_r50_fpn_triton-focal_1x_coco.py',
                      'rtmdet/rtmdet_tiny_triton-qfl_8xb32-300e_coco.py',
                      'gfl/gfl_r50_fpn_triton-qfl_1x_coco.py',
-                     'vfnet/vfnet_r50_fpn_triton-vfl_1x_coco.py'}
+                     'vfnet/vfnet_r50_fpn_triton-vfl_1x_coco.py',
+                     'centernet/centernet_r18_triton-gfl_8xb16-crop512-140e_coco.py',
+                     'centernet/centernet-update_r50-caffe_fpn_ms-1x_coco_triton-gfl.py'}
     assert any(n.startswith(('dino/', 'deformable_detr/')) for n in names)
     readme = open(osp.join(REPO, 'configs', 'README.md')).read()
     for n in names:
@@ -306,13 +322,15 @@ def test_shipped_config_is_base_with_swapped_losses_and_builds(config_file):
     assert swap_focal_loss(expected) == len(base_losses)
     got, want = strip_scope(cfg.to_dict()), strip_scope(expected.to_dict())
     assert got == want, sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-    # its head's classification loss builds as ours, with the base's arguments
+    # its losses build as ours, with the base's arguments
     model = MODELS.build(offline_model_cfg(cfg.model))
-    loss, base_loss = model.bbox_head.loss_cls, base.model.bbox_head.loss_cls
-    assert type(loss) is OURS[base_name(base_loss.type)]
-    for key, value in base_loss.items():
-        if key != 'type':
-            assert getattr(loss, key) == value, key
+    built = [m for m in model.modules() if type(m) in OURS.values()]
+    assert len(built) == len(base_losses)
+    for loss, base_loss in zip(built, base_losses, strict=True):
+        assert type(loss) is OURS[base_name(base_loss['type'])]
+        for key, value in base_loss.items():
+            if key != 'type':
+                assert getattr(loss, key) == value, key
 
 
 # ------------------------------------------------------------------------------- tools/train.py

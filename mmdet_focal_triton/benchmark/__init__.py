@@ -28,7 +28,8 @@ from .losses.focal import fused_bytes, make_inputs
 from .plot import plot_run
 from .profiling import DeviceTime, ProfileWindows, device_time
 from .references import FLOOR, REFERENCES, zero_cost_loss
-from .registry import Impl, LossFamily, families, get_family, register_family
+from .losses import families, get_family
+from .registry import Impl, LossFamily, register_family
 from .report import e2e_table, host_table, wall_table
 from .results import E2E_FIELDS, FIELDS, append_csv, read_csv, run_rows
 from .runner import BenchConfig, available_impls, resolve, run_benchmark

@@ -9,7 +9,8 @@ Every implementation is called the same way, as mmdet's loss modules are:
 ``fn(pred, target, weight, avg_factor=avg_factor)`` -> a loss tensor that ``.backward()`` takes,
 where ``target`` is whatever the family's ``make_inputs`` returns (class indices for focal).
 Adding a family is adding a module under ``losses/`` that calls `register_family`, and one import
-line in ``losses/__init__.py``; adding a peer is adding an `Impl` to the family's dict.
+line in ``losses/__init__.py`` (whose `families` / `get_family` list them); adding a peer is
+adding an `Impl` to the family's dict.
 """
 from __future__ import annotations
 
@@ -68,17 +69,3 @@ FAMILIES: dict[str, LossFamily] = {}
 def register_family(family: LossFamily) -> LossFamily:
     FAMILIES[family.name] = family
     return family
-
-
-def families() -> dict[str, LossFamily]:
-    """Every registered family (importing ``losses`` registers the built-in ones)."""
-    from . import losses  # noqa: F401
-
-    return FAMILIES
-
-
-def get_family(name: str) -> LossFamily:
-    fams = families()
-    if name not in fams:
-        raise ValueError(f'unknown loss {name!r}; known: {", ".join(fams)}')
-    return fams[name]

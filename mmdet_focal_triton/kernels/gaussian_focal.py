@@ -37,7 +37,8 @@ def _pow(base, e, MODE: tl.constexpr):
         b2 = base * base
         r = b2 * b2
     else:
-        r = tl.where(base > 0.0, tl.exp2(e * tl.log2(tl.maximum(base, 1e-38))), 0.0)
+        live = base > 0.0  # 0 ** e = 0; log2 is taken of 1 there
+        r = tl.where(live, tl.exp2(e * tl.log2(tl.where(live, base, 1.0))), 0.0)
     return r
 
 

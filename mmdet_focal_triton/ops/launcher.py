@@ -26,7 +26,7 @@ import torch
 from .backend import INTERPRETER
 from .checks import flag_arg
 from .spec import NONE
-from .tuning import num_programs
+from .tuning import ON_RETUNE, num_programs
 
 _KERNELS = []  # every Kernel, for clear_cache()
 _CACHES = []  # per-variant launch data of the ops, for clear_cache()
@@ -44,6 +44,9 @@ def clear_cache() -> None:
         k.compiled.clear()
     for c in _CACHES:
         c.clear()
+
+
+ON_RETUNE.append(clear_cache)
 
 
 class Kernel:

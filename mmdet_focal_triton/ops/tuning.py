@@ -34,6 +34,7 @@ _MEASURED_CONFIG = {
 }
 _CACHE: dict = {}
 _SM_COUNT: dict = {}
+ON_RETUNE = []  # callables that forget what a change of configuration invalidates (launcher.py)
 
 
 def set_tuning(**values) -> None:
@@ -43,9 +44,8 @@ def set_tuning(**values) -> None:
         raise ValueError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
     TUNING.update(values)
     _CACHE.clear()
-    from . import launcher  # compiled kernels are cached per launch configuration
-
-    launcher.clear_cache()
+    for forget in ON_RETUNE:  # compiled kernels and launch data depend on the configuration
+        forget()
 
 
 def reset_tuning() -> None:

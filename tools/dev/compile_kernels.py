@@ -2,8 +2,8 @@
 """Compile the Triton kernels ahead of time for a GPU target, without a GPU (CI-safe).
 
 Catches front-end and back-end compile errors of every constexpr combination the launchers can
-request, for the focal kernel and the family's (quality focal, varifocal) (`--quick`, `--smoke`:
-subsets).
+request, for the focal kernel and the family's (quality focal, varifocal, Gaussian focal) (`--quick`,
+`--smoke`: subsets).
 `--sass`: instead, compile the training variant (class indices, per-row weights, avg_factor,
 gradient) the way the JIT specialises it for real contiguous arguments (strides of 1 become
 constants, multiples of 16 are marked), and count the SASS instructions per element of the
@@ -114,6 +114,54 @@ def compile_family(quick, smoke, arch) -> int:
             short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
             print(f'{kernel} {kname}{"-fast" if fast else ""} {dtype} {short}: {info}',
                   flush=True)
+    return fails
+
+
+def gaussian_variants(quick=False, smoke=False):
+    """(kernel, dtype, constexprs) combinations of kernels/gaussian_focal.py's two kernels."""
+    main = 'gaussian_focal_loss_kernel'
+    base = dict(ALPHA_MODE=2, GAMMA_MODE=4, NEG_ONLY=False, WEIGHTED=False, CHECK=True,
+                BLOCK=2048, **_modes('partial+grad'))
+    pos = dict(ALPHA_MODE=2, HAS_AF=True, WRITE_GRAD=True, CHECK=True, BLOCK=128)
+    if smoke:
+        yield from [(main, 'fp32', base), (main, 'bf16', dict(base, NEG_ONLY=True, ALPHA_MODE=1,
+                                                                GAMMA_MODE=1)),
+                    (main, 'fp16', dict(base, WEIGHTED=True, **_modes('upstream'))),
+                    ('gaussian_positives_kernel', 'fp32', pos)]
+        return
+    for dtype in (['fp32'] if quick else ['fp32', 'bf16', 'fp16']):
+        for amode, gmode, neg_only, weighted, red_mode in itertools.product(
+                [2, 1, 0, 4], [4, 2, 1, 0], [False, True], [False, True],
+                ['partial+grad', 'partial', 'loss', 'upstream']):
+            if quick and (amode, gmode) not in ((2, 4), (1, 1)):
+                continue
+            yield main, dtype, dict(base, ALPHA_MODE=amode, GAMMA_MODE=gmode, NEG_ONLY=neg_only,
+                                    WEIGHTED=weighted, **_modes(red_mode))
+        for amode, has_af, grad in itertools.product([2, 1, 0], [True, False], [True, False]):
+            yield ('gaussian_positives_kernel', dtype,
+                   dict(pos, ALPHA_MODE=amode, HAS_AF=has_af, WRITE_GRAD=grad))
+
+
+def compile_gaussian(quick, smoke, arch) -> int:
+    """Compile the Gaussian focal kernels' variants; print one line each; return the number
+    of failures."""
+    from mmdet_focal_triton.kernels import gaussian_focal as G
+
+    fails = 0
+    floats = {k: 'fp32' for k in ('alpha', 'gamma', 'pos_weight', 'neg_weight', 'scale', 'eps',
+                                  'factor')}
+    for kernel, dtype, consts in gaussian_variants(quick, smoke):
+        ptrs = dict(P=f'*{dtype}', T='*fp32', W='*fp32', UP=f'*{dtype}', LOSS='*fp32',
+                    GRAD=f'*{dtype}', OUT='*fp32', PARTIAL='*fp32', COUNTER='*i32',
+                    FLAG='*i32', AF='*fp32', I='*i64', L='*i64', IDX='*i64', PG=f'*{dtype}')
+        try:
+            compile_one(getattr(G, kernel), ptrs, floats, consts, arch)
+            info = 'ok'
+        except Exception as e:  # noqa: BLE001
+            fails += 1
+            info = f'FAILED {type(e).__name__}: {str(e)[-600:]}'
+        short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
+        print(f'{kernel} {dtype} {short}: {info}', flush=True)
     return fails
 
 
@@ -285,6 +333,7 @@ def main(argv=None):
             short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
             print(f'{kname} {dtype} {short}: {info}', flush=True)
     fails += compile_family(args.quick, args.smoke, args.arch)
+    fails += compile_gaussian(args.quick, args.smoke, args.arch)
     for name, fn, ptrs, consts in [
         ('scale', common.scale_kernel, dict(G='*bf16', S='*fp32'), dict(BLOCK=4096)),
     ]:

@@ -1,0 +1,98 @@
+"""The Gaussian focal loss as CenterNet's head computes it (mmdet's `GaussianFocalLoss`), and
+what computes it.
+
+Every implementation computes mmdet's loss (alpha 2, gamma 4, mean reduction) of the center
+heatmap of CenterNet R18 (512 x 512 crops: B x 80 x 128 x 128 probabilities) with its Gaussian
+target, no weight and avg_factor = the number of objects:
+  ours       TritonGaussianFocalLoss (one fused Triton kernel; gradient written in the forward)
+  mmdet-py   mmdet's `GaussianFocalLoss` module (Python: ~8 heatmap-sized temporaries)
+  compile    torch.compile of mmdet's `gaussian_focal_loss` function
+Default shapes: batch 2 and batch 16. A problem's N x C elements are laid out as
+(N / 16384) x C x 128 x 128 heatmaps when N is a multiple of 128 x 128, else as (N, C).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..registry import Impl, LossFamily, register_family
+from ..shapes import TINY_SHAPES
+from .common import compile_once, input_checks
+
+ALPHA, GAMMA = 2.0, 4.0
+OUR_KERNELS = ('gaussian_focal_loss_kernel', 'scale_kernel')
+HW = 128 * 128  # CenterNet's 512 x 512 input at stride 4
+TARGET_DTYPE = torch.float32
+
+
+def make_inputs(N, C, dtype, device, seed=0):
+    """A CenterNet batch: probabilities sigmoid(2 randn) in [1e-4, 1 - 1e-4]; a Gaussian-like
+    target: about 0.05 % peaks (exactly 1; the first element always), small values around
+    them (u ** 8 of uniform u elsewhere, mostly ~0); avg_factor = the number of peaks as a 0-d
+    tensor. pred requires grad."""
+    g = torch.Generator(device='cpu').manual_seed(seed)
+    shape = (N // HW, C, 128, 128) if N and N % HW == 0 else (N, C)
+    pred = torch.sigmoid(torch.randn(shape, generator=g) * 2).clamp(1e-4, 1 - 1e-4)
+    target = torch.rand(shape, generator=g) ** 8
+    peaks = torch.rand(shape, generator=g) < 5e-4
+    peaks.view(-1)[:1] = True
+    target[peaks] = 1.0
+    avg_factor = torch.tensor(float(max(int(peaks.sum()), 1)))
+    return (pred.to(device=device, dtype=dtype).requires_grad_(True),
+            target.to(device=device, dtype=TARGET_DTYPE), None, avg_factor.to(device))
+
+
+def fused_bytes(N, C, dtype, mode):
+    """Bytes a fused implementation must move in `mode`: the probabilities, the fp32 target, and
+    the gradient it writes in the forward; NaN for 'bwd'."""
+    if mode == 'bwd':
+        return float('nan')
+    esize = torch.tensor([], dtype=dtype).element_size()
+    b = N * C * (esize + TARGET_DTYPE.itemsize)
+    if mode in ('fwd_bwd', 'fwd'):
+        b += N * C * esize
+    return b
+
+
+def default_shapes(quick: bool = False) -> list[tuple[str, int, int]]:
+    """CenterNet at batch 2 and batch 16 (80 classes); tiny ones if `quick`."""
+    if quick:
+        return list(TINY_SHAPES)
+    return [(f'centernet-b{b}', b * HW, 80) for b in (2, 16)]
+
+
+def _ours():
+    from mmdet_focal_triton import TritonGaussianFocalLoss
+
+    return TritonGaussianFocalLoss(alpha=ALPHA, gamma=GAMMA)
+
+
+def _mmdet_module():
+    from mmdet.models.losses import GaussianFocalLoss
+
+    return GaussianFocalLoss(alpha=ALPHA, gamma=GAMMA)
+
+
+def _mmdet_function():
+    from mmdet.models.losses.gaussian_focal_loss import gaussian_focal_loss
+
+    def gfl(pred, target, weight=None, avg_factor=None):
+        return gaussian_focal_loss(pred, target, weight, alpha=ALPHA, gamma=GAMMA,
+                                   reduction='mean', avg_factor=avg_factor)
+    return gfl
+
+
+def _compiled():
+    return compile_once('gaussian', _mmdet_function)
+
+
+IMPLS = {i.name: i for i in [
+    Impl('ours', _ours, 'TritonGaussianFocalLoss', kernels=OUR_KERNELS, on_cpu=True,
+         context=lambda: input_checks('async')),
+    Impl('mmdet-py', _mmdet_module, "mmdet's GaussianFocalLoss (Python)", on_cpu=True),
+    Impl('compile', _compiled, "torch.compile of mmdet's gaussian_focal_loss (dynamic shapes)"),
+]}
+
+GAUSSIAN = register_family(LossFamily(
+    name='gaussian', doc='Gaussian focal loss (CenterNet, CornerNet, CentripetalNet)',
+    make_inputs=make_inputs, fused_bytes=fused_bytes, default_shapes=default_shapes,
+    impls=IMPLS))
