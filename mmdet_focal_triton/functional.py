@@ -274,6 +274,53 @@ def _real_target(name: str, t: Tensor) -> Tensor:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
+def _dense_target(target, pred: Tensor) -> Tensor:
+    """A target of pred's shape (VFL, Gaussian), checked; booleans viewed as uint8."""
+    _check_tensor('target', target, pred)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got "
+                         f'{tuple(target.shape)}')
+    target = _real_target('target', target)
+    _no_grad_input('target', target)
+    return target
+
+
+def _broadcast_weight(weight, pred: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """(weight as given, or viewed as real; the same broadcast to pred's shape: a view with 0
+    strides where it broadcasts), checked as mmdet's elementwise `loss * weight` takes it."""
+    if weight is None:
+        return None, None
+    _check_tensor('weight', weight, pred)
+    _no_grad_input('weight', weight)
+    if not _broadcasts_to(weight.shape, pred.shape):
+        raise ValueError(f'weight of shape {tuple(weight.shape)} does not broadcast to '
+                         f'pred\'s shape {tuple(pred.shape)}')
+    weight = _real_target('weight', weight)
+    return weight, weight if weight.shape == pred.shape else weight.expand(pred.shape)
+
+
+def _reduction_and_scale(avg_factor, reduction: str, pred: Tensor, loss_weight,
+                         count: int) -> tuple[int, Tensor | None, float]:
+    """(the reduction's code, the avg_factor tensor a 'mean' divides by in the kernel (else
+    None), the factor of the summed loss): loss_weight, divided for 'mean' by a number
+    avg_factor + eps, or without avg_factor by `count` (the elements or rows averaged)."""
+    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
+    red = REDUCTIONS[reduction]
+    af_tensor = af_tensor if red == MEAN else None
+    scale = float(loss_weight)
+    if red == MEAN and af_tensor is None:
+        if af_value is not None:
+            scale = scale / (af_value + EPS)
+        else:
+            scale = scale / count if count else float('nan')
+    return red, af_tensor, scale
+
+
+def _write_grad(red: int, pred: Tensor) -> bool:
+    """Whether the forward writes d loss / d pred: a reduced loss of a pred that needs it."""
+    return red != NONE and pred.requires_grad and torch.is_grad_enabled()
+
+
 def quality_focal_loss(pred: Tensor, target, weight: Tensor | None = None,
                        reduction: str = 'mean', avg_factor: None | float | int | Tensor = None,
                        beta: float = 2.0, *, activated: bool = False,
@@ -376,18 +423,10 @@ def quality_focal_loss(pred: Tensor, target, weight: Tensor | None = None,
                 f'broadcasts to it{hint}')
     else:
         w = None
-    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
-    red = REDUCTIONS[reduction]
-    af_tensor = af_tensor if red == MEAN else None
-    scale = float(loss_weight)
-    if red == MEAN and af_tensor is None:
-        rows = pred2.shape[0]
-        if af_value is not None:
-            scale = scale / (af_value + EPS)
-        else:
-            scale = scale / rows if rows else float('nan')
+    red, af_tensor, scale = _reduction_and_scale(avg_factor, reduction, pred, loss_weight,
+                                                 pred2.shape[0])
     out_dtype = _family_out_dtype(pred.dtype, weight, af_tensor)
-    write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
+    write_grad = _write_grad(red, pred)
     check = checks._MODE != 'off' and (index_target or activated)
     flags = QualityFocalSpec.flags(red, w is not None, index_target, bool(activated),
                                    write_grad, check)
@@ -427,34 +466,13 @@ def varifocal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
         raise ValueError(f'gamma must be a finite number >= 0, got {gamma!r}')
     if not _finite(alpha):
         raise ValueError(f'alpha must be a finite number, got {alpha!r}')
-    _check_tensor('target', target, pred)
-    if target.shape != pred.shape:
-        raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got "
-                         f'{tuple(target.shape)}')
-    target = _real_target('target', target)
-    _no_grad_input('target', target)
-    w = None
-    if weight is not None:
-        _check_tensor('weight', weight, pred)
-        _no_grad_input('weight', weight)
-        if not _broadcasts_to(weight.shape, pred.shape):
-            raise ValueError(f'weight of shape {tuple(weight.shape)} does not broadcast to '
-                             f'pred\'s shape {tuple(pred.shape)}')
-        weight = _real_target('weight', weight)
-        w = weight if weight.shape == pred.shape else weight.expand(pred.shape)
-    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
-    red = REDUCTIONS[reduction]
-    af_tensor = af_tensor if red == MEAN else None
-    scale = float(loss_weight)
-    if red == MEAN and af_tensor is None:
-        numel = pred.numel()
-        if af_value is not None:
-            scale = scale / (af_value + EPS)
-        else:
-            scale = scale / numel if numel else float('nan')
+    target = _dense_target(target, pred)
+    weight, w = _broadcast_weight(weight, pred)
+    red, af_tensor, scale = _reduction_and_scale(avg_factor, reduction, pred, loss_weight,
+                                                 pred.numel())
     out_dtype = _family_out_dtype(torch.promote_types(pred.dtype, torch.float32), weight,
                                   af_tensor)
-    write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
+    write_grad = _write_grad(red, pred)
     flags = VarifocalSpec.flags(red, w is not None, bool(iou_weighted), write_grad)
     return _varifocal_op(pred, target, w, af_tensor, float(alpha), float(gamma), scale, flags,
                          out_dtype)
@@ -540,39 +558,19 @@ def gaussian_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = No
     for name, v in (('pos_weight', pos_weight), ('neg_weight', neg_weight)):
         if not _finite(v):
             raise ValueError(f'{name} must be a finite number, got {v!r}')
-    _check_tensor('target', target, pred)
-    if target.shape != pred.shape:
-        raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got "
-                         f'{tuple(target.shape)}')
-    target = _real_target('target', target)
-    _no_grad_input('target', target)
+    target = _dense_target(target, pred)
     pos_inds, pos_labels = _positives(pos_inds, pos_labels, pred, reduction, weight)
-    w = None
-    if weight is not None:
-        _check_tensor('weight', weight, pred)
-        _no_grad_input('weight', weight)
-        if not _broadcasts_to(weight.shape, pred.shape):
-            raise ValueError(f'weight of shape {tuple(weight.shape)} does not broadcast to '
-                             f'pred\'s shape {tuple(pred.shape)}')
-        weight = _real_target('weight', weight)
-        w = weight if weight.shape == pred.shape else weight.expand(pred.shape)
-    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
-    red = REDUCTIONS[reduction]
-    af_tensor = af_tensor if red == MEAN else None
-    scale = float(loss_weight)
+    weight, w = _broadcast_weight(weight, pred)
+    numel = pred.numel()
+    red, af_tensor, scale = _reduction_and_scale(avg_factor, reduction, pred, loss_weight, numel)
     pos_factor = float(pos_weight)
-    if red == MEAN and af_tensor is None:
-        numel = pred.numel()
-        if af_value is not None:
-            scale = scale / (af_value + EPS)
-        else:
-            scale = scale / numel if numel else float('nan')
-            if pos_inds is not None:  # the positives' own mean: pos_weight / npos, over scale
-                npos = pos_inds.numel()
-                pos_factor = pos_factor * numel / npos if npos else float('nan')
+    if pos_inds is not None and red == MEAN and avg_factor is None:
+        # the positives' own mean: pos_weight / their number, relative to scale (1 / numel)
+        npos = pos_inds.numel()
+        pos_factor = pos_factor * numel / npos if npos else float('nan')
     out_dtype = _family_out_dtype(torch.promote_types(pred.dtype, target.dtype), weight,
                                   af_tensor)
-    write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
+    write_grad = _write_grad(red, pred)
     check = checks._MODE != 'off'
     flags = GaussianFocalSpec.flags(red, w is not None, pos_inds is not None, write_grad, check)
     return _gaussian_focal_op(pred, target, w, pos_inds, pos_labels, af_tensor, float(alpha),

@@ -445,7 +445,7 @@ def test_vfl_inputs_like_vfnet():
     assert af.ndim == 0 and float(af) == per_row.sum()
 
 
-@pytest.mark.parametrize('loss', ['qfl', 'vfl'])
+@pytest.mark.parametrize('loss', ['qfl', 'vfl', 'gaussian'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_family_peers_compute_the_same_loss(loss, dtype):
     """Ours (through the Triton interpreter) and mmdet's module give the same loss and gradient
@@ -471,6 +471,23 @@ def test_family_peers_compute_the_same_loss(loss, dtype):
     torch.testing.assert_close(out['ours'][0], out['mmdet-py'][0], **tol)
     torch.testing.assert_close(out['ours'][1], out['mmdet-py'][1], **tol)
     assert out['ours'][0] > 0
+
+
+def test_gaussian_family_like_centernet():
+    fam = get_family('gaussian')
+    assert list(fam.impls) == ['ours', 'mmdet-py', 'compile']
+    assert fam.impls['ours'].kernels == ('gaussian_focal_loss_kernel', 'scale_kernel')
+    assert fam.default_shapes() == [('centernet-b2', 2 * 128 * 128, 80),
+                                    ('centernet-b16', 16 * 128 * 128, 80)]
+    N, C = 1000, 80
+    assert fam.fused_bytes(N, C, torch.bfloat16, 'fwd_bwd') == 2 * N * C * 2 + N * C * 4
+    assert fam.fused_bytes(N, C, torch.float32, 'fwd_nograd') == N * C * 4 + N * C * 4
+    pred, target, w, af = fam.make_inputs(2 * 128 * 128, 3, torch.float32, 'cpu')
+    assert pred.shape == target.shape == (2, 3, 128, 128) and pred.requires_grad and w is None
+    assert pred.min() >= 0.004 and pred.max() <= 0.996
+    peaks = int((target == 1).sum())
+    assert target.view(-1)[0] == 1 and 20 < peaks < 100 and float(af) == peaks
+    assert fam.make_inputs(30, 4, torch.float32, 'cpu')[0].shape == (30, 4)
 
 
 def test_scores_in_pred_dtype_casts_once_per_target():

@@ -23,10 +23,18 @@ from _inputs import (
 )
 
 import mmdet_focal_triton as mft
-from mmdet_focal_triton.ops import autograd, focal, launcher, quality_focal, tuning, varifocal
+from mmdet_focal_triton.ops import (
+    autograd,
+    focal,
+    gaussian_focal,
+    launcher,
+    quality_focal,
+    tuning,
+    varifocal,
+)
 from mmdet_focal_triton.ops.spec import FocalSpec, QualityFocalSpec, VarifocalSpec
 
-OPS = (focal, quality_focal, varifocal)
+OPS = (focal, quality_focal, varifocal, gaussian_focal)
 
 
 class Recorder:
@@ -111,6 +119,17 @@ def _vfl_call(case, g, dev='cpu'):
                                             avg_factor=af)
 
 
+def _gaussian_call(case, g, dev='cpu'):
+    target_kind, weight_kind, reduction, af = case
+    af = af.to(dev) if isinstance(af, torch.Tensor) else af
+    pred = make_pred(37, 80, torch.float32, dev, g, activated=True).requires_grad_(True)
+    target = make_vfl_target('soft', 37, 80, dev, g).clamp_min(0)
+    target[3, :5] = 1.0
+    weight = make_vfl_weight(weight_kind, 37, 80, dev, g)
+    return pred, lambda: mft.gaussian_focal_loss(pred, target, weight, reduction=reduction,
+                                                 avg_factor=af)
+
+
 AF = torch.tensor(5.0)
 CASES = {
     'focal': (_focal_call, [(t, w, r, a) for t in ('index', 'soft')
@@ -123,6 +142,9 @@ CASES = {
     'vfl': (_vfl_call, [(t, w, r, a) for t in ('iou',) for w in ('none', 'elem', 'row1', 'col')
                         for r, a in (('mean', None), ('mean', AF), ('sum', None),
                                      ('none', None))]),
+    'gaussian': (_gaussian_call, [('heatmap', w, r, a) for w in ('none', 'elem', 'row1')
+                                  for r, a in (('mean', None), ('mean', AF), ('sum', None),
+                                               ('none', None))]),
 }
 PARAMS = [(loss, case) for loss, (_, cases) in CASES.items() for case in cases]
 
@@ -170,7 +192,7 @@ def test_non_contiguous_inputs_take_the_jit_path(recorder):
     assert qfl_calls[0][4][1:3] == pred.stride()
 
 
-@pytest.mark.parametrize('loss', ['focal', 'qfl', 'vfl'])
+@pytest.mark.parametrize('loss', ['focal', 'qfl', 'vfl', 'gaussian'])
 @pytest.mark.parametrize('impl', IMPLS)
 def test_second_backward_after_the_gradient_changed_in_place(loss, impl):
     """A second backward through a retained graph rescales the buffer the first one handed over
@@ -248,13 +270,15 @@ def test_launch_config_precedence():
 # ---- on the GPU ------------------------------------------------------------------------------
 def _kernel_of(loss, layout):
     if loss == 'focal':
-        return focal._kernel(layout)
-    return quality_focal._KERNEL if loss == 'qfl' else varifocal._KERNEL
+        return focal._KERNELS[layout]()
+    if loss == 'gaussian':
+        return gaussian_focal._kernel()
+    return quality_focal._kernel() if loss == 'qfl' else varifocal._kernel()
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize('loss,layout', [('focal', 'rows'), ('focal', 'flat'), ('qfl', None),
-                                         ('vfl', None)])
+                                         ('vfl', None), ('gaussian', None)])
 @pytest.mark.parametrize('reduction', ['mean', 'none'])
 def test_direct_launch_matches_jit_launch_cuda(loss, layout, reduction):
     """On the GPU: the first call of a specialisation compiles through Triton's JIT (tensors),

@@ -11,6 +11,7 @@ offsets; probabilities outside [0, 1] reported through the sticky flag (`ops/che
 Math (mmdet 3.3.0 without its eps = 1e-12 inside the logs), p the probability, t the target:
     t == 1:  loss = pos_weight * -log(p) * (1 - p) ** alpha
     t != 1:  loss = neg_weight * -log(1 - p) * p ** alpha * (1 - t) ** gamma
+(mmdet adds both terms at every element; (1 - t) ** gamma is 0 at t == 1 unless gamma == 0.)
 Both are a factor times f(s) = s ** alpha * -log(1 - s): s = p for a negative, s = 1 - p for a
 positive (whose d loss / dp is then -f'(s)). With c = 1 - s taken from p without cancellation
 (c = p at a positive, 1 - p at a negative) and L = -log(c) / s:
@@ -43,6 +44,15 @@ def _pow(base, e, MODE: tl.constexpr):
 
 
 @triton.jit
+def _f(s, c, alpha, ALPHA_MODE: tl.constexpr):
+    """(f(s), f'(s)) of f(s) = s ** alpha * -log(1 - s), given c = 1 - s (module docstring)."""
+    one = c == 1.0
+    L = tl.where(one, -1.0, tl.log(c)) / tl.where(one, -1.0, c - 1.0)  # -log(c) / s
+    sa = _pow(s, alpha, ALPHA_MODE)
+    return sa * s * L, sa * (1.0 / c + alpha * L)
+
+
+@triton.jit
 def gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
                            ALPHA_MODE: tl.constexpr, GAMMA_MODE: tl.constexpr,
                            NEG_ONLY: tl.constexpr):
@@ -52,16 +62,19 @@ def gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
         pos = tl.full(p.shape, 0, tl.int1)
     else:
         pos = t == 1.0
-    s = tl.where(pos, 1.0 - p, p)
-    c = tl.where(pos, p, 1.0 - p)
-    one = c == 1.0
-    L = tl.where(one, -1.0, tl.log(c)) / tl.where(one, -1.0, c - 1.0)  # -log(c) / s
-    sa = _pow(s, alpha, ALPHA_MODE)
+    f, df = _f(tl.where(pos, 1.0 - p, p), tl.where(pos, p, 1.0 - p), alpha, ALPHA_MODE)
     factor = tl.where(pos, pos_weight, neg_weight * _pow(1.0 - t, gamma, GAMMA_MODE))
     live = factor != 0.0
-    loss = tl.where(live, factor * (sa * s * L), 0.0)
-    d = tl.where(live, factor * (sa * (1.0 / c + alpha * L)), 0.0)
-    return loss, tl.where(pos, -d, d)
+    loss = tl.where(live, factor * f, 0.0)
+    d = tl.where(live, factor * df, 0.0)
+    d = tl.where(pos, -d, d)
+    if GAMMA_MODE == 0:
+        if not NEG_ONLY:  # (1 - t) ** 0 = 1: at t == 1 mmdet's negative term is there too
+            fn, dfn = _f(p, 1.0 - p, alpha, ALPHA_MODE)
+            keep = pos & (neg_weight != 0.0)
+            loss += tl.where(keep, neg_weight * fn, 0.0)
+            d += tl.where(keep, neg_weight * dfn, 0.0)
+    return loss, d
 
 
 @triton.jit

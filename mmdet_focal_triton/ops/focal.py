@@ -18,22 +18,13 @@ from torch import Tensor
 from . import checks, torch_focal
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
-from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class
+from .launcher import Variant, clear_on_retune, dtype_of, int_class, lazy_kernel, variant
 from .spec import WEIGHT_ELEM, WEIGHT_NONE, WEIGHT_ROW, FocalSpec
 from .tuning import FLAT_MAX_C, launch_config
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
-_KERNELS = {}  # 'rows' / 'flat' -> launcher.Kernel of kernels/focal.py, created on first use
-
-
-def _kernel(layout: str) -> Kernel:
-    k = _KERNELS.get(layout)
-    if k is None:
-        from ..kernels import focal as K
-
-        fn = K.focal_loss_flat_kernel if layout == 'flat' else K.focal_loss_kernel
-        k = _KERNELS[layout] = Kernel(fn)
-    return k
+_KERNELS = {'rows': lazy_kernel('focal', 'focal_loss_kernel'),  # kernels/focal.py's, by layout
+            'flat': lazy_kernel('focal', 'focal_loss_flat_kernel')}
 
 
 class _Variant(Variant):
@@ -46,7 +37,7 @@ class _Variant(Variant):
         spec = FocalSpec.unpack(flags)
         cfg = launch_config(C, dtype)
         flat = fast and cfg['layout'] == 'flat' and C < FLAT_MAX_C
-        super().__init__(_kernel('flat' if flat else 'rows'), cfg,
+        super().__init__(_KERNELS['flat' if flat else 'rows'](), cfg,
                          cfg['flat_block'] if flat else cfg['block_r'], device_index, device, spec,
                          backward_of_none, check=check)
         self.flat = flat
@@ -99,9 +90,7 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
             and (upstream is None or upstream.is_contiguous()))
     vkey = (device_index, flags, check, backward_of_none, gamma_mode, avg_factor is not None, C,
             pred2.dtype, fast)
-    v = _VARIANTS.get(vkey)
-    if v is None:
-        v = _VARIANTS[vkey] = _Variant(*vkey, pred2.device)
+    v = variant(_VARIANTS, vkey, _Variant, pred2.device)
     num_blocks = -(-(R * C if v.flat else R) // v.block)
     if fast:
         strides = v.strides

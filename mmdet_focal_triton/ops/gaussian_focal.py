@@ -21,7 +21,6 @@ from . import checks, torch_gaussian_focal
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
 from .launcher import (
-    Kernel,
     Variant,
     clear_on_retune,
     current_stream,
@@ -29,24 +28,20 @@ from .launcher import (
     dtype_of,
     dummy,
     int_class,
+    lazy_kernel,
     misaligned,
+    variant,
 )
 from .spec import GaussianFocalSpec
 from .torch_common import EPS
 
-_KERNELS = {}  # name -> launcher.Kernel of kernels/gaussian_focal.py, created on first use
 _CONFIG = dict(options=dict(num_warps=8), programs_per_sm=8)  # a streaming elementwise kernel
 BLOCK = 2048  # elements per block: 8 per thread of 8 warps (two 16-byte loads of fp32)
 POS_BLOCK = 128  # positives per step of the positives' kernel
 
 
-def _kernel(name: str) -> Kernel:
-    k = _KERNELS.get(name)
-    if k is None:
-        from ..kernels import gaussian_focal as K
-
-        k = _KERNELS[name] = Kernel(getattr(K, name))
-    return k
+_kernel = lazy_kernel('gaussian_focal', 'gaussian_focal_loss_kernel')
+_positives_kernel = lazy_kernel('gaussian_focal', 'gaussian_positives_kernel')
 
 
 def exponent_mode(e: float) -> int:
@@ -61,7 +56,7 @@ class _Variant(Variant):
     def __init__(self, device_index, flags, check, backward_of_none, alpha_mode, gamma_mode,
                  has_af, device):
         spec = GaussianFocalSpec.unpack(flags)
-        super().__init__(_kernel('gaussian_focal_loss_kernel'), _CONFIG, BLOCK, device_index,
+        super().__init__(_kernel(), _CONFIG, BLOCK, device_index,
                          device, spec, backward_of_none, check=check)
         self.tail = (alpha_mode, gamma_mode, spec.neg_only, spec.weighted, has_af,
                      backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
@@ -85,9 +80,7 @@ def _launch(pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Ten
     check = spec.check and checks._MODE != 'off'
     vkey = (device_index, flags, check, backward_of_none, exponent_mode(alpha),
             exponent_mode(gamma), avg_factor is not None)
-    v = _VARIANTS.get(vkey)
-    if v is None:
-        v = _VARIANTS[vkey] = _Variant(*vkey, pred.device)
+    v = variant(_VARIANTS, vkey, _Variant, pred.device)
     d = v.dummy_ptr
     ptrs = (pred.data_ptr(), target.data_ptr(), d if weight is None else weight.data_ptr(),
             d if upstream is None else upstream.data_ptr(),
@@ -121,7 +114,7 @@ def _add_positives(pred: Tensor, pos_inds: Tensor, pos_labels: Tensor, avg_facto
             pred.shape[1], alpha, factor, EPS, exponent_mode(alpha), avg_factor is not None,
             grad is not None, check, POS_BLOCK)
     with device_guard(device_index):
-        _kernel('gaussian_positives_kernel').launch(None, 1, current_stream(device_index), args,
+        _positives_kernel().launch(None, 1, current_stream(device_index), args,
                                                     dict(num_warps=4))
     if grad is not None:
         grad.view(-1).index_put_((idx,), pg, accumulate=True)

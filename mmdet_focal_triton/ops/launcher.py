@@ -90,6 +90,30 @@ class Kernel:
             self.direct = False
 
 
+def lazy_kernel(module: str, name: str):
+    """A function returning the `Kernel` of `kernels/<module>.py`'s `name`, imported and
+    wrapped on first use (importing triton's kernels costs time the CPU path does not need)."""
+    box = []
+
+    def get() -> Kernel:
+        if not box:
+            import importlib
+
+            fn = getattr(importlib.import_module(f'{__package__.rsplit(".", 1)[0]}.kernels.'
+                                                 f'{module}'), name)
+            box.append(Kernel(fn))
+        return box[0]
+    return get
+
+
+def variant(cache: dict, key: tuple, cls, device):
+    """The launch data of `key` in `cache`, made by ``cls(*key, device)`` on first use."""
+    v = cache.get(key)
+    if v is None:
+        v = cache[key] = cls(*key, device)
+    return v
+
+
 class Workspace:
     """Per (device, stream): the fp32 partial sums of a persistent grid and the int32 arrival
     counter of the in-kernel reduction (zero between launches: the last program re-arms it).

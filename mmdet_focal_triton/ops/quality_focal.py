@@ -18,21 +18,20 @@ from torch import Tensor
 from . import checks, torch_quality_focal
 from .backend import use_triton
 from .fused_op import FusedLossOp, empty_result, new_outputs
-from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class, misaligned
+from .launcher import (
+    Variant,
+    clear_on_retune,
+    dtype_of,
+    int_class,
+    lazy_kernel,
+    misaligned,
+    variant,
+)
 from .spec import NONE, QualityFocalSpec
 from .tuning import launch_config
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
-_KERNEL = None  # launcher.Kernel of kernels.quality_focal.quality_focal_loss_kernel
-
-
-def _kernel() -> Kernel:
-    global _KERNEL
-    if _KERNEL is None:
-        from ..kernels.quality_focal import quality_focal_loss_kernel
-
-        _KERNEL = Kernel(quality_focal_loss_kernel)
-    return _KERNEL
+_kernel = lazy_kernel('quality_focal', 'quality_focal_loss_kernel')
 
 
 def mod_mode(expo: float) -> int:
@@ -86,9 +85,7 @@ def _launch(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor 
                  and sw in (0, 1) and su in (0, 1))
     vkey = (device_index, flags, check, backward_of_none, mod_mode(beta),
             avg_factor is not None, C, pred2.dtype, canonical)
-    v = _VARIANTS.get(vkey)
-    if v is None:
-        v = _VARIANTS[vkey] = _Variant(*vkey, pred2.device)
+    v = variant(_VARIANTS, vkey, _Variant, pred2.device)
     d = v.dummy_ptr
     ptrs = (pred2.data_ptr(), target.data_ptr(), d if score is None else score.data_ptr(),
             d if weight is None else weight.data_ptr(),

@@ -17,22 +17,32 @@ def _pow(base: Tensor, e: float) -> Tensor:
     return base.pow(e)
 
 
-def elementwise(p: Tensor, t: Tensor, alpha: float, gamma: float, pos_weight: float,
-                neg_weight: float, neg_only: bool) -> tuple[Tensor, Tensor]:
-    """Elementwise (loss, d loss / dp): pos_weight * -log(p) * (1 - p) ** alpha where t == 1
-    (nowhere if `neg_only`), neg_weight * -log(1 - p) * p ** alpha * (1 - t) ** gamma elsewhere;
-    written as factor * f(s) with s = p or 1 - p (the kernel's docstring)."""
-    pos = torch.zeros_like(p, dtype=torch.bool) if neg_only else t == 1
-    s = torch.where(pos, 1 - p, p)
-    c = torch.where(pos, p, 1 - p)
+def _f(s: Tensor, c: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """(f(s), f'(s)) of f(s) = s ** alpha * -log(1 - s), given c = 1 - s."""
     one = c == 1
     L = torch.where(one, -1.0, torch.log(c)) / torch.where(one, -1.0, c - 1)  # -log(c) / s
     sa = _pow(s, alpha)
+    return sa * s * L, sa * (1 / c + alpha * L)
+
+
+def elementwise(p: Tensor, t: Tensor, alpha: float, gamma: float, pos_weight: float,
+                neg_weight: float, neg_only: bool) -> tuple[Tensor, Tensor]:
+    """Elementwise (loss, d loss / dp): pos_weight * -log(p) * (1 - p) ** alpha where t == 1
+    (nowhere if `neg_only`), neg_weight * -log(1 - p) * p ** alpha * (1 - t) ** gamma elsewhere
+    (and at t == 1 too when gamma == 0); written as factor * f(s) with s = p or 1 - p (the
+    kernel's docstring)."""
+    pos = torch.zeros_like(p, dtype=torch.bool) if neg_only else t == 1
+    f, df = _f(torch.where(pos, 1 - p, p), torch.where(pos, p, 1 - p), alpha)
     factor = torch.where(pos, pos_weight, neg_weight * _pow(1 - t, gamma))
     live = factor != 0
-    loss = torch.where(live, factor * (sa * s * L), 0.0)
-    d = torch.where(live, factor * (sa * (1 / c + alpha * L)), 0.0)
-    return loss, torch.where(pos, -d, d)
+    loss = torch.where(live, factor * f, 0.0)
+    d = torch.where(live, factor * df, 0.0)
+    d = torch.where(pos, -d, d)
+    if gamma == 0 and not neg_only and neg_weight != 0:  # (1 - t) ** 0 = 1 at t == 1 too
+        fn, dfn = _f(p, 1 - p, alpha)
+        loss = loss + torch.where(pos, neg_weight * fn, 0.0)
+        d = d + torch.where(pos, neg_weight * dfn, 0.0)
+    return loss, d
 
 
 def forward(pred: Tensor, target: Tensor, weight: Tensor | None, pos_inds: Tensor | None,
@@ -60,10 +70,12 @@ def forward(pred: Tensor, target: Tensor, weight: Tensor | None, pos_inds: Tenso
     out, grad = reduce_and_scale(loss, dp, scale, avg_factor, spec.reduction, spec.write_grad,
                                  cdt, loss_shape, pred.dtype)
     N, C = pred.shape
-    if spec.check and bool(((pos_inds < 0) | (pos_inds >= N) | (pos_labels < 0)
-                            | (pos_labels >= C)).any()):
-        raise_bad(LABEL_BIT, 0)
     rows, cols = pos_inds.long(), pos_labels.long()
+    inside = (rows >= 0) & (rows < N) & (cols >= 0) & (cols < C)
+    if not bool(inside.all()):
+        if spec.check:
+            raise_bad(LABEL_BIT, 0)
+        rows, cols = rows[inside], cols[inside]  # checks off: left out, as the kernel does
     lp, dpp = elementwise(p[rows, cols], torch.ones((), dtype=cdt), alpha, 0.0, 1.0, 0.0, False)
     norm = pos_weight * scale
     if avg_factor is not None:

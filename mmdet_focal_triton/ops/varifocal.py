@@ -15,21 +15,20 @@ from torch import Tensor
 from . import torch_varifocal
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
-from .launcher import Kernel, Variant, clear_on_retune, dtype_of, int_class, misaligned
+from .launcher import (
+    Variant,
+    clear_on_retune,
+    dtype_of,
+    int_class,
+    lazy_kernel,
+    misaligned,
+    variant,
+)
 from .quality_focal import EPS, mod_mode
 from .spec import VarifocalSpec
 from .tuning import launch_config
 
-_KERNEL = None  # launcher.Kernel of kernels.varifocal.varifocal_loss_kernel
-
-
-def _kernel() -> Kernel:
-    global _KERNEL
-    if _KERNEL is None:
-        from ..kernels.varifocal import varifocal_loss_kernel
-
-        _KERNEL = Kernel(varifocal_loss_kernel)
-    return _KERNEL
+_kernel = lazy_kernel('varifocal', 'varifocal_loss_kernel')
 
 
 class _Variant(Variant):
@@ -79,9 +78,7 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
                  and sw in ((0, 0), (1, 0), (0, 1), (C, 1)))
     vkey = (device_index, flags, backward_of_none, mod_mode(gamma), avg_factor is not None,
             wmode, C, pred2.dtype, canonical)
-    v = _VARIANTS.get(vkey)
-    if v is None:
-        v = _VARIANTS[vkey] = _Variant(*vkey, pred2.device)
+    v = variant(_VARIANTS, vkey, _Variant, pred2.device)
     d = v.dummy_ptr
     ptrs = (pred2.data_ptr(), target.data_ptr(), d if weight is None else weight.data_ptr(),
             d if upstream is None else upstream.data_ptr(),

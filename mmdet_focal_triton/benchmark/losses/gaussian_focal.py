@@ -25,13 +25,14 @@ TARGET_DTYPE = torch.float32
 
 
 def make_inputs(N, C, dtype, device, seed=0):
-    """A CenterNet batch: probabilities sigmoid(2 randn) in [1e-4, 1 - 1e-4]; a Gaussian-like
-    target: about 0.05 % peaks (exactly 1; the first element always), small values around
-    them (u ** 8 of uniform u elsewhere, mostly ~0); avg_factor = the number of peaks as a 0-d
-    tensor. pred requires grad."""
+    """A CenterNet batch: probabilities sigmoid(2 randn) in [0.004, 0.996] (bfloat16 keeps them
+    off 0 and 1, where the loss is infinite and mmdet's eps makes its numbers differ); a
+    Gaussian-like target: about 0.05 % peaks (exactly 1; the first element always), small
+    values elsewhere (u ** 8 of uniform u, mostly ~0); avg_factor = the number of peaks as a
+    0-d tensor. pred requires grad."""
     g = torch.Generator(device='cpu').manual_seed(seed)
     shape = (N // HW, C, 128, 128) if N and N % HW == 0 else (N, C)
-    pred = torch.sigmoid(torch.randn(shape, generator=g) * 2).clamp(1e-4, 1 - 1e-4)
+    pred = torch.sigmoid(torch.randn(shape, generator=g) * 2).clamp(0.004, 0.996)
     target = torch.rand(shape, generator=g) ** 8
     peaks = torch.rand(shape, generator=g) < 5e-4
     peaks.view(-1)[:1] = True
