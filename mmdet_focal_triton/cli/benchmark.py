@@ -78,7 +78,7 @@ from mmdet_focal_triton.benchmark.console import (
     quiet_warnings,
     report_warnings,
 )
-from mmdet_focal_triton.benchmark.registry import families
+from mmdet_focal_triton.benchmark.losses import families
 from mmdet_focal_triton.benchmark.report import failures
 
 # the developer scripts under tools/dev import DTYPES, copy_bandwidth, ... from here
