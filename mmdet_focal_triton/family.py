@@ -47,3 +47,14 @@ def replace_mmdet_focal_loss(losses=tuple(FOCAL_FAMILY)) -> None:
             raise ValueError(f'losses must name mmdet losses among {sorted(FOCAL_FAMILY)}, got '
                              f'{name!r}')
         MODELS.register_module(name=name, module=our_class(name), force=True)
+
+
+def call_reduction(module, reduction_override, sigmoid: bool = True) -> str:
+    """The reduction of one call of a family module, as mmdet's modules decide it:
+    `reduction_override` if given (asserted to be one of mmdet's), else the module's own; a
+    module built with ``use_sigmoid=False`` (`sigmoid`) raises NotImplementedError, as mmdet's."""
+    assert reduction_override in (None, 'none', 'mean', 'sum'), \
+        f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}"
+    if sigmoid and not module.use_sigmoid:
+        raise NotImplementedError
+    return reduction_override if reduction_override else module.reduction

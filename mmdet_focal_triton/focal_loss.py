@@ -4,6 +4,7 @@ import torch.nn as nn
 from mmdet.registry import MODELS
 from torch import Tensor
 
+from .family import call_reduction
 from .functional import sigmoid_focal_loss
 
 
@@ -37,11 +38,7 @@ class TritonFocalLoss(nn.Module):
                 reduction_override: str | None = None) -> Tensor:
         """Same arguments as mmdet's ``FocalLoss.forward``: class-index (N,) targets with
         background = num_classes, or dense targets of pred's shape."""
-        assert reduction_override in (None, 'none', 'mean', 'sum'), \
-            f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}"
-        reduction = reduction_override if reduction_override else self.reduction
-        if not self.use_sigmoid:
-            raise NotImplementedError
+        reduction = call_reduction(self, reduction_override)
         return sigmoid_focal_loss(pred, target, weight, gamma=self.gamma, alpha=self.alpha,
                                   reduction=reduction, avg_factor=avg_factor,
                                   activated=self.activated, loss_weight=self.loss_weight)

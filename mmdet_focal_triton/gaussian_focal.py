@@ -3,6 +3,7 @@ from mmdet.models.losses import GaussianFocalLoss
 from mmdet.registry import MODELS
 from torch import Tensor
 
+from .family import call_reduction
 from .functional import gaussian_focal_loss
 
 
@@ -34,9 +35,7 @@ class TritonGaussianFocalLoss(GaussianFocalLoss):
         """Same arguments as mmdet's ``GaussianFocalLoss.forward``: probabilities and a
         Gaussian heatmap of one shape, or with CenterNet-update's ``pos_inds`` /
         ``pos_labels``."""
-        assert reduction_override in (None, 'none', 'mean', 'sum'), \
-            f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}"
-        reduction = reduction_override if reduction_override else self.reduction
+        reduction = call_reduction(self, reduction_override, sigmoid=False)
         return gaussian_focal_loss(pred, target, weight, alpha=self.alpha, gamma=self.gamma,
                                    pos_weight=self.pos_weight, neg_weight=self.neg_weight,
                                    reduction=reduction, avg_factor=avg_factor,

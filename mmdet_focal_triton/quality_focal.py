@@ -3,6 +3,7 @@ from mmdet.models.losses import QualityFocalLoss
 from mmdet.registry import MODELS
 from torch import Tensor
 
+from .family import call_reduction
 from .functional import quality_focal_loss
 
 
@@ -33,11 +34,7 @@ class TritonQualityFocalLoss(QualityFocalLoss):
         """Same arguments as mmdet's ``QualityFocalLoss.forward``: ``target`` is a
         ``(labels, scores)`` pair (labels (N,) with background = num_classes, scores (N,)) or a
         dense quality target of pred's shape."""
-        assert reduction_override in (None, 'none', 'mean', 'sum'), \
-            f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}"
-        reduction = reduction_override if reduction_override else self.reduction
-        if not self.use_sigmoid:
-            raise NotImplementedError
+        reduction = call_reduction(self, reduction_override)
         return quality_focal_loss(pred, target, weight, reduction=reduction,
                                   avg_factor=avg_factor, beta=self.beta,
                                   activated=self.activated, loss_weight=self.loss_weight)

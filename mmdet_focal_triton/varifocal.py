@@ -3,6 +3,7 @@ from mmdet.models.losses import VarifocalLoss
 from mmdet.registry import MODELS
 from torch import Tensor
 
+from .family import call_reduction
 from .functional import varifocal_loss
 
 
@@ -33,11 +34,7 @@ class TritonVarifocalLoss(VarifocalLoss):
                 avg_factor: None | int | float | Tensor = None,
                 reduction_override: str | None = None) -> Tensor:
         """Same arguments as mmdet's ``VarifocalLoss.forward``: a target of pred's shape."""
-        assert reduction_override in (None, 'none', 'mean', 'sum'), \
-            f"reduction_override must be None, 'none', 'mean' or 'sum', got {reduction_override!r}"
-        reduction = reduction_override if reduction_override else self.reduction
-        if not self.use_sigmoid:
-            raise NotImplementedError
+        reduction = call_reduction(self, reduction_override)
         return varifocal_loss(pred, target, weight, alpha=self.alpha, gamma=self.gamma,
                               iou_weighted=self.iou_weighted, reduction=reduction,
                               avg_factor=avg_factor, loss_weight=self.loss_weight)

@@ -1,5 +1,5 @@
 """The focal family at scale on a GPU: more than 2**31 elements, AMP (bf16 / fp16 autocast) as
-RTMDet / VFNet heads run it, bitwise determinism at an RTMDet-s level, a tensor on another
+RTMDet / VFNet / CenterNet heads run it, bitwise determinism at an RTMDet-s level, a tensor on another
 device than the current one. Marked `cuda`: deselected (and counted) without a GPU. Each test
 prints its numbers (`-s`), one JSON line each, also appended to $GPU_VALIDATION_REPORT when set.
 """
@@ -176,3 +176,73 @@ def test_tensor_on_cuda1_while_cuda0_current(loss):
            else reference_varifocal_loss(xr, tc, None, avg_factor=77.0))
     ref.backward()
     assert rel_err(out, ref) <= 1e-5 and rel_err(pred.grad, xr.grad) <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or
+                    torch.cuda.get_device_properties(0).total_memory < 60 * 2 ** 30,
+                    reason='needs a GPU with >= 60 GiB')
+def test_gaussian_more_than_2_pow_31_elements():
+    """A 2.15e9-element bf16 heatmap (132 x 80 x 448 x 452): GaussianFocalLoss's loss and
+    gradient against float64 in chunks, the last elements' gradient written, determinism of two
+    calls."""
+    from reference_family import reference_gaussian_focal_loss
+
+    from mmdet_focal_triton import gaussian_focal_loss
+
+    shape = (132, 80, 448, 452)
+    n = 132 * 80 * 448 * 452
+    assert n > 2 ** 31
+    g = torch.Generator(device='cuda').manual_seed(13)
+    pred = torch.rand(shape, generator=g, device='cuda', dtype=torch.bfloat16)
+    pred = pred.clamp_(0.004, 0.996).requires_grad_(True)
+    target = torch.rand(shape, generator=g, device='cuda', dtype=torch.bfloat16).pow_(8)
+    target[torch.rand(shape, generator=g, device='cuda') < 1e-4] = 1
+    af = torch.tensor(54321.0, device='cuda')
+    loss = gaussian_focal_loss(pred, target, avg_factor=af)
+    (grad,) = torch.autograd.grad(loss, pred)
+    again = gaussian_focal_loss(pred, target, avg_factor=af)
+    ref_sum, err2, ref2 = 0.0, 0.0, 0.0
+    for s in range(0, shape[0], 4):
+        xs = pred.detach()[s:s + 4].double().requires_grad_(True)
+        part = reference_gaussian_focal_loss(xs, target[s:s + 4], reduction='sum')
+        ref_sum += part.item()
+        (gs,) = torch.autograd.grad(part / (af.double() + EPS), xs)
+        err2 += (grad[s:s + 4].double() - gs).pow(2).sum().item()
+        ref2 += gs.pow(2).sum().item()
+    ref = ref_sum / (af.item() + EPS)
+    res = dict(loss_rel_err=abs(loss.item() - ref) / abs(ref), grad_rel_err=(err2 / ref2) ** 0.5,
+               last_written=bool(grad[-1, -1, -1].float().abs().sum().item() > 0),
+               deterministic=bool(torch.equal(loss, again)))
+    report('gaussian_more_than_2^31_elements', shape=shape, elements=n, dtype='bfloat16', **res)
+    assert res['last_written'] and res['deterministic']
+    assert res['loss_rel_err'] <= 1e-2 and res['grad_rel_err'] <= 1e-2
+
+
+@pytest.mark.parametrize('amp', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_gaussian_amp_centernet_head(amp):
+    """CenterNet's heatmap conv under autocast: bf16 / fp16 logits, their sigmoid, fp32
+    Gaussian targets; the loss and d loss / d probabilities within 1e-2 of float64 on the same
+    probabilities, finite, and the backward reaches the conv."""
+    from reference_family import reference_gaussian_focal_loss
+
+    from mmdet_focal_triton import gaussian_focal_loss
+
+    g = torch.Generator(device='cuda').manual_seed(5)
+    conv = torch.nn.Conv2d(64, 80, 3, padding=1).cuda()
+    feat = torch.randn(16, 64, 128, 128, generator=g, device='cuda')
+    target = torch.rand(16, 80, 128, 128, generator=g, device='cuda').pow_(8)
+    target[torch.rand(target.shape, generator=g, device='cuda') < 5e-4] = 1
+    with torch.autocast('cuda', dtype=amp):
+        probs = conv(feat).sigmoid().clamp(1e-4, 1 - 1e-4)
+        probs.retain_grad()
+        loss = gaussian_focal_loss(probs, target, avg_factor=float((target == 1).sum()))
+    loss.backward()
+    xs = probs.detach().double().requires_grad_(True)
+    ref = reference_gaussian_focal_loss(xs, target, avg_factor=float((target == 1).sum()))
+    (gref,) = torch.autograd.grad(ref, xs)
+    res = dict(dtype=str(probs.dtype), loss_rel_err=abs(loss.item() - ref.item()) / ref.item(),
+               grad_rel_err=rel_err(probs.grad.double(), gref),
+               conv_grad_finite=bool(torch.isfinite(conv.weight.grad).all()))
+    report('gaussian_amp_centernet_head', **res)
+    assert res['conv_grad_finite'] and probs.dtype == amp
+    assert res['loss_rel_err'] <= 1e-2 and res['grad_rel_err'] <= 1e-2

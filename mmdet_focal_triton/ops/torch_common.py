@@ -11,6 +11,24 @@ from .spec import NONE
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
 
 
+def power(base: Tensor, e: float) -> Tensor:
+    """base ** e, with the kernels' special cases: 1 for e == 0 (also at base 0), base * base
+    for e == 2."""
+    if e == 0.0:
+        return torch.ones_like(base)
+    if e == 2.0:
+        return base * base
+    return base.pow(e)
+
+
+def weigh(loss: Tensor, d: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """An elementwise loss and its derivative times `weight` (None: unchanged)."""
+    if weight is None:
+        return loss, d
+    w = weight.to(loss.dtype)
+    return loss * w, d * w
+
+
 def check_now(pred2: Tensor, target: Tensor, index_target: bool, activated: bool) -> None:
     """Raise the ValueError of labels outside [0, C] (class-index targets) or probabilities
     outside [0, 1] (activated inputs) in the call itself."""

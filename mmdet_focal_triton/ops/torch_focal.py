@@ -5,15 +5,7 @@ import torch
 from torch import Tensor
 
 from .spec import WEIGHT_ELEM, WEIGHT_ROW, FocalSpec
-from .torch_common import check_now, reduce_and_scale
-
-
-def _pow(base: Tensor, gamma: float) -> Tensor:
-    if gamma == 0.0:
-        return torch.ones_like(base)
-    if gamma == 2.0:
-        return base * base
-    return base.pow(gamma)
+from .torch_common import check_now, power, reduce_and_scale
 
 
 def _hard_math(x: Tensor, positive: bool, gamma: float, alpha: float):
@@ -23,7 +15,7 @@ def _hard_math(x: Tensor, positive: bool, gamma: float, alpha: float):
     # above z = 20: 1e-10 off in float64 (float64 inputs are computed in float64 here)
     bce = torch.clamp_min(z, 0) + torch.log1p(torch.exp(-z.abs()))
     pt = torch.sigmoid(z)
-    mod = _pow(pt, gamma)
+    mod = power(pt, gamma)
     aw = alpha if positive else 1.0 - alpha
     loss = aw * bce * mod
     dz = aw * mod * (pt + gamma * bce * torch.sigmoid(-z))
@@ -35,7 +27,7 @@ def _soft_math(x: Tensor, y: Tensor, gamma: float, alpha: float):
     p = torch.sigmoid(x)
     q = torch.sigmoid(-x)
     pt = q * y + p * (1 - y)
-    mod = _pow(pt, gamma)
+    mod = power(pt, gamma)
     aw = alpha * y + (1 - alpha) * (1 - y)
     loss = aw * bce * mod
     safe = torch.where(pt > 0, pt, torch.ones_like(pt))
@@ -47,7 +39,7 @@ def _soft_math(x: Tensor, y: Tensor, gamma: float, alpha: float):
 def _prob_math(p: Tensor, y: Tensor, gamma: float, alpha: float):
     bce = -(y * torch.log(p).clamp_min(-100) + (1 - y) * torch.log1p(-p).clamp_min(-100))
     pt = (1 - p) * y + p * (1 - y)
-    mod = _pow(pt, gamma)
+    mod = power(pt, gamma)
     aw = alpha * y + (1 - alpha) * (1 - y)
     loss = aw * bce * mod
     dbce = (p - y) / torch.clamp_min(p * (1 - p), 1e-12)

@@ -6,22 +6,14 @@ from torch import Tensor
 
 from .checks import LABEL_BIT, raise_bad
 from .spec import GaussianFocalSpec
-from .torch_common import EPS, check_now, reduce_and_scale
-
-
-def _pow(base: Tensor, e: float) -> Tensor:
-    if e == 0.0:
-        return torch.ones_like(base)
-    if e == 2.0:
-        return base * base
-    return base.pow(e)
+from .torch_common import EPS, check_now, power, reduce_and_scale, weigh
 
 
 def _f(s: Tensor, c: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     """(f(s), f'(s)) of f(s) = s ** alpha * -log(1 - s), given c = 1 - s."""
     one = c == 1
     L = torch.where(one, -1.0, torch.log(c)) / torch.where(one, -1.0, c - 1)  # -log(c) / s
-    sa = _pow(s, alpha)
+    sa = power(s, alpha)
     return sa * s * L, sa * (1 / c + alpha * L)
 
 
@@ -33,7 +25,7 @@ def elementwise(p: Tensor, t: Tensor, alpha: float, gamma: float, pos_weight: fl
     kernel's docstring)."""
     pos = torch.zeros_like(p, dtype=torch.bool) if neg_only else t == 1
     f, df = _f(torch.where(pos, 1 - p, p), torch.where(pos, p, 1 - p), alpha)
-    factor = torch.where(pos, pos_weight, neg_weight * _pow(1 - t, gamma))
+    factor = torch.where(pos, pos_weight, neg_weight * power(1 - t, gamma))
     live = factor != 0
     loss = torch.where(live, factor * f, 0.0)
     d = torch.where(live, factor * df, 0.0)
@@ -58,10 +50,7 @@ def forward(pred: Tensor, target: Tensor, weight: Tensor | None, pos_inds: Tenso
     p = pred.to(cdt)
     loss, dp = elementwise(p, target.to(cdt), alpha, gamma, pos_weight, neg_weight,
                            spec.neg_only)
-    if spec.weighted:
-        w = weight.to(cdt)
-        loss = loss * w
-        dp = dp * w
+    loss, dp = weigh(loss, dp, weight if spec.weighted else None)
     if upstream is not None:  # backward of 'none'
         return None, (dp * scale * upstream.to(cdt)).to(pred.dtype)
     if pos_inds is None:

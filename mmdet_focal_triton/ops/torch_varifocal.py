@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from .spec import VarifocalSpec
-from .torch_common import reduce_and_scale
+from .torch_common import reduce_and_scale, weigh
 from .torch_quality_focal import logit_terms, modulate
 
 
@@ -27,10 +27,7 @@ def forward(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     may be a broadcast view), as the Triton launcher computes them."""
     cdt = torch.float64 if pred2.dtype == torch.float64 else torch.float32
     loss, dx = elementwise(pred2.to(cdt), target.to(cdt), alpha, gamma, spec.iou_weighted)
-    if spec.weighted:
-        w = weight.to(cdt)
-        loss = loss * w
-        dx = dx * w
+    loss, dx = weigh(loss, dx, weight if spec.weighted else None)
     if upstream is not None:  # backward of 'none'
         return None, (dx * scale * upstream.to(cdt)).to(pred2.dtype)
     return reduce_and_scale(loss, dx, scale, avg_factor, spec.reduction, spec.write_grad,

@@ -13,6 +13,9 @@
 #   bash tests/gpu/run_all.sh ddp        # 2 GPUs: tools/ddp_parity.py + the cuda:1 test (~4 min)
 #   bash tests/gpu/run_all.sh family     # QualityFocalLoss / VarifocalLoss: CUDA grid, heads,
 #                                        # > 2**31 elements, AMP, determinism (< 8 min)
+#   bash tests/gpu/run_all.sh gaussian   # GaussianFocalLoss: its CUDA tests, > 2**31 elements, AMP;
+#                                        # the CUDA grid of the three others; benchmark at CenterNet
+#                                        # b2 / b16 against mmdet and torch.compile (< 9 min)
 #   bash tests/gpu/run_all.sh family-bench  # QFL / VFL: host mode at every level, wall mode at
 #                                        # the largest, fp32/bf16; RTMDet-tiny e2e b32 (< 9 min)
 #   bash tests/gpu/run_all.sh parity-all # parity + parity_faults + accuracy, concurrently (< 10 min)
@@ -120,6 +123,27 @@ case "$stage" in
     GPU_VALIDATION_REPORT=$OUT/gpu_validation_family.jsonl timeout 150 python3 -m pytest \
         tests/test_family_gpu.py -q -s -p no:cacheprovider 2>&1 | tee "$OUT/family_gpu.log" \
         | grep -E '^\{|passed|failed|FAILED|skipped'
+    ;;
+  gaussian)
+    # GaussianFocalLoss: its CUDA tests (float64 grids, pos_inds form, mmdet, checks, direct
+    # launch), then the at-scale ones; the three other losses' CUDA grids (their results must
+    # not have moved); the benchmark (wall: time and peak memory, host: us per call) at
+    # CenterNet R18's batch 2 and 16 against mmdet's module and torch.compile of its function
+    timeout 150 python3 -m pytest tests/test_gaussian_focal.py tests/test_launch_path.py -m cuda \
+        -q -n 12 -p no:cacheprovider 2>&1 | tee "$OUT/gaussian_grid.log" \
+        | grep -E 'passed|failed|FAILED'
+    GPU_VALIDATION_REPORT=$OUT/gpu_validation_gaussian.jsonl timeout 120 python3 -m pytest \
+        tests/test_family_gpu.py -k gaussian -q -s -p no:cacheprovider 2>&1 \
+        | tee "$OUT/gaussian_gpu.log" | grep -E '^\{|passed|failed|FAILED|skipped'
+    timeout 150 python3 -m pytest tests/test_family_numbers.py tests/test_family_mmdet.py \
+        tests/test_family_autograd.py -m cuda -q -n 12 -p no:cacheprovider 2>&1 \
+        | tee "$OUT/family_grid.log" | grep -E 'passed|failed|FAILED'
+    timeout 60 python3 tools/benchmark.py --loss gaussian --dtypes fp32 bf16 \
+        --impls ours mmdet-py compile --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/gaussian_wall.log" | tail -12
+    timeout 60 python3 tools/benchmark.py --loss gaussian --mode host --dtypes fp32 \
+        --impls ours mmdet-py compile floor --host-budget 0.1 --out-dir "$OUT" 2>&1 \
+        | tee "$OUT/gaussian_host.log" | tail -10
     ;;
   family-bench)
     # QFL at RTMDet-s's levels of batch 32 and GFL's of batch 2, VFL at VFNet's batch 2 and 16:
