@@ -146,7 +146,8 @@ def swap_focal_loss(cfg: Any, losses: Iterable[str] = tuple(FOCAL_FAMILY)) -> in
     other arguments (``gamma``, ``alpha``, ``beta``, ``iou_weighted``, ``reduction``,
     ``loss_weight``, ``activated``, ...) are kept as they are, so the loss is the same. Dicts of
     other types are never touched: ``FocalLossCost`` (Hungarian matching costs),
-    ``DistributionFocalLoss`` ... stay what they are. A loss that a module builds from its own default arguments, not from the config (DDQ's auxiliary
+    ``DistributionFocalLoss`` ... stay what they are. A loss that a module builds from its own
+    default arguments, not from the config (DDQ's auxiliary
     ``QualityFocalLoss``), is out of a config's reach: ``mmdet_focal_triton.override`` replaces
     those too.
 

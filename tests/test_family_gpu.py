@@ -1,7 +1,8 @@
 """The focal family at scale on a GPU: more than 2**31 elements, AMP (bf16 / fp16 autocast) as
-RTMDet / VFNet / CenterNet heads run it, bitwise determinism at an RTMDet-s level, a tensor on another
-device than the current one. Marked `cuda`: deselected (and counted) without a GPU. Each test
-prints its numbers (`-s`), one JSON line each, also appended to $GPU_VALIDATION_REPORT when set.
+RTMDet / VFNet / CenterNet heads run it, bitwise determinism at an RTMDet-s level, a tensor on
+another device than the current one. Marked `cuda`: deselected (and counted) without a GPU.
+Each test prints its numbers (`-s`), one JSON line each, also appended to $GPU_VALIDATION_REPORT
+when set.
 """
 import json
 import os

@@ -1,6 +1,7 @@
 """Every config shipped in mmdet 3.3.0 (mmdet/.mim/configs) whose model uses FocalLoss,
-QualityFocalLoss, VarifocalLoss or GaussianFocalLoss, after swap_focal_family, builds a model whose losses are ours
-with the config's arguments, offline, on this machine's stack (tools/bootstrap.sh).
+QualityFocalLoss, VarifocalLoss or GaussianFocalLoss, after swap_focal_family, builds a model
+whose losses are ours with the config's arguments, offline, on this machine's stack
+(tools/bootstrap.sh).
 
 Honest by construction: the configs that cannot build here are listed below by name, each with
 its reason, which the build error must show; any other config that fails to build fails the

@@ -24,11 +24,11 @@ from .e2e import MODELS as E2E_MODELS
 from .e2e import VARIANTS as E2E_VARIANTS
 from .e2e import E2EConfig, run_e2e
 from .host import HostTime, host_time, measure_host
+from .losses import families, get_family
 from .losses.focal import fused_bytes, make_inputs
 from .plot import plot_run
 from .profiling import DeviceTime, ProfileWindows, device_time
 from .references import FLOOR, REFERENCES, zero_cost_loss
-from .losses import families, get_family
 from .registry import Impl, LossFamily, register_family
 from .report import e2e_table, host_table, wall_table
 from .results import E2E_FIELDS, FIELDS, append_csv, read_csv, run_rows

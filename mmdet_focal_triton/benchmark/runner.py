@@ -12,9 +12,9 @@ import torch
 
 from .environment import device_name, resolve_device, synchronize, versions
 from .host import loss_backward_step, measure_host, paired_ratio
+from .losses import get_family
 from .profiling import ProfileWindows
 from .references import FLOOR, REFERENCES
-from .losses import get_family
 from .results import add_floor_ratio, append_csv, new_run_id
 from .shapes import DTYPES, dtype_name
 from .timing import copy_bandwidth

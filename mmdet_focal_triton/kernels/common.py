@@ -1,5 +1,33 @@
-"""Triton building blocks shared by the fused losses: fast fp32 math, the deterministic
-one-launch reduction, the input-check report, and the in-place gradient rescale.
+"""Triton building blocks shared by the fused losses: fast fp32 math, the pieces of the kernels'
+common skeleton (the gradient's factor, a column chunk's mask and load, the stores of the loss
+and the gradient, the deterministic one-launch reduction, the input-check report), and the
+in-place gradient rescale. Triton inlines them: a kernel compiles as if written out.
+
+The fused kernels share a skeleton and its arguments: after the inputs a kernel reads (each
+described in its own signature) come, in this order,
+    LOSS      the elementwise (or per-row) loss out, contiguous; written only if WRITE_LOSS
+    GRAD      d loss / d pred out, contiguous like pred; written only if WRITE_GRAD
+    OUT       the reduced loss (one element); written only if REDUCE
+    PARTIAL   fp32 workspace, one slot per program (REDUCE: `reduce_in_last_program`)
+    COUNTER   int32 arrival counter of the reduction, 0 between launches (REDUCE)
+    FLAG      int32 sticky invalid-input flag in host-mapped memory (CHECK; `report_bad_input`)
+    AF        the avg_factor tensor (one element), read only if HAS_AF
+then the sizes (R rows, C columns, and the number of blocks the persistent grid's programs
+stride over), the loss's parameters, and
+    scale     loss_weight / normaliser: the factor of the reduced loss, of a 'none' loss and of
+              the gradient (which HAS_AF further divides by avg_factor + eps: `grad_scale`)
+    eps       added to avg_factor (float32's machine epsilon, as mmdet)
+and, after the loss's own compile-time flags, what the call computes:
+    HAS_AF      normalise by (avg_factor + eps), read from AF
+    UPSTREAM    multiply the gradient by UP elementwise (the backward of 'none')
+    WRITE_LOSS  store the elementwise (per-row) loss
+    REDUCE      reduce the loss to OUT (sum * scale [/ (avg_factor + eps)])
+    WRITE_GRAD  store the gradient
+    CHECK       flag invalid inputs (labels outside [0, C], probabilities outside [0, 1])
+and the block shape (EVEN_C: C % BLOCK_C == 0, no column mask; BLOCK_R rows per block; BLOCK_C
+columns per chunk, a program walking its rows chunk by chunk; BLOCK elements per block of the
+flat layout; BLOCK_P partial sums added per step by the reducing program) and FAST_MATH (MUFU
+lg2 / rcp through inline PTX: GPU only, not interpretable).
 
 Everything here uses only core `tl` operations (the inline PTX sits behind `FAST` flags), so that
 the kernels also run under the Triton interpreter (`TRITON_INTERPRET=1`) on CPU tensors.
@@ -59,6 +87,70 @@ def pow_gamma(base, log2_base, gamma, GAMMA_MODE: tl.constexpr):
     else:
         r = tl.exp2(gamma * log2_base)
     return r
+
+
+@triton.jit
+def grad_scale(scale, AF, eps, HAS_AF: tl.constexpr, WRITE_GRAD: tl.constexpr):
+    """The gradient's factor: `scale`, divided by (avg_factor + eps) read from AF when HAS_AF
+    (read only when the gradient is written)."""
+    gscale = scale
+    if WRITE_GRAD:
+        if HAS_AF:
+            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
+    return gscale
+
+
+@triton.jit
+def row_block(X, rb, R, C, stride_xr, BLOCK_R: tl.constexpr):
+    """(rows, rmask, x_row, out_row) of row block `rb` (int64): its rows, which of them exist,
+    the pointers to their logits, their offsets (rows * C) in the contiguous outputs."""
+    rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    return rows, rows < R, X + rows * stride_xr, rows * C
+
+
+@triton.jit
+def load_chunk(x_row, rmask, c0, C, stride_xc, other, EVEN_C: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(cols, mask, x) of the column chunk at c0 of a row block: x in fp32 (`other` where
+    masked); no column mask when EVEN_C (C % BLOCK_C == 0)."""
+    cols = c0 + tl.arange(0, BLOCK_C)
+    if EVEN_C:
+        mask = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_C])
+    else:
+        mask = rmask[:, None] & (cols < C)[None, :]
+    x = tl.load(x_row[:, None] + cols[None, :] * stride_xc, mask=mask, other=other)
+    return cols, mask, x.to(tl.float32)
+
+
+@triton.jit
+def store_tile(LOSS, GRAD, UP, out_row, rows, cols, stride_ur, stride_uc, mask, loss, g, scale,
+               WRITE_LOSS: tl.constexpr, WRITE_GRAD: tl.constexpr, UPSTREAM: tl.constexpr):
+    """Store a chunk's elementwise loss (times scale) and gradient `g` (times the upstream
+    gradient, read with its strides, for the backward of 'none') into contiguous (R, C)
+    outputs at rows' offsets `out_row` (rows * C)."""
+    if WRITE_LOSS:
+        tl.store(LOSS + out_row[:, None] + cols[None, :],
+                 (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
+    if WRITE_GRAD:
+        if UPSTREAM:
+            up = tl.load(UP + rows[:, None] * stride_ur + cols[None, :] * stride_uc,
+                         mask=mask, other=0)
+            g = g * up.to(tl.float32)
+        tl.store(GRAD + out_row[:, None] + cols[None, :], g.to(GRAD.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def store_flat(LOSS, GRAD, UP, offs, mask, loss, dx, scale, gscale, WRITE_LOSS: tl.constexpr,
+               WRITE_GRAD: tl.constexpr, UPSTREAM: tl.constexpr):
+    """The flat layout's `store_tile`: loss * scale and dx * gscale (* UP) at offsets `offs`."""
+    if WRITE_LOSS:
+        tl.store(LOSS + offs, (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
+    if WRITE_GRAD:
+        g = dx * gscale
+        if UPSTREAM:
+            g = g * tl.load(UP + offs, mask=mask, other=0).to(tl.float32)
+        tl.store(GRAD + offs, g.to(GRAD.dtype.element_ty), mask=mask)
 
 
 @triton.jit

@@ -26,11 +26,16 @@ import triton.language as tl
 from .common import (
     LN2,
     LOG2E,
+    grad_scale,
+    load_chunk,
     log1p_exp_neg,
     pow_gamma,
     recip_1_2,
     reduce_in_last_program,
     report_bad_input,
+    row_block,
+    store_flat,
+    store_tile,
 )
 
 # Compile-time modes (chosen by ops/focal.py): GAMMA_MODE 0 (gamma == 0: the modulating factor
@@ -108,44 +113,26 @@ def focal_loss_kernel(
     T, stride_tr, stride_tc,  # targets: (R,) class indices if INDEX_TARGET else (R, C) dense
     W, stride_wr, stride_wc,  # weights: (R,) if WEIGHT_MODE == 1, (R, C) if 2, unused if 0
     UP, stride_ur, stride_uc,  # upstream gradient (R, C), read only if UPSTREAM
-    LOSS,  # elementwise loss out, contiguous (R, C), written only if WRITE_LOSS
-    GRAD,  # gradient out, contiguous (R, C), written only if WRITE_GRAD
-    OUT,  # the reduced loss (one element), written only if REDUCE
-    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
-    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
-    FLAG,  # int32 sticky invalid-input flag in host-mapped memory (CHECK)
-    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF,  # outputs, workspace, avg_factor (common.py)
     R,  # rows
     C,  # columns (classes)
     num_row_blocks,  # cdiv(R, BLOCK_R); the programs stride over them (persistent grid)
     gamma, alpha,  # focal parameters
-    scale,  # loss_weight / normaliser: factor of the reduced loss, of a 'none' loss and of the
-    #         gradient (which HAS_AF further divides by avg_factor + eps)
-    eps,  # added to avg_factor (float32 machine epsilon, as mmdet)
+    scale, eps,  # the loss's factor, avg_factor's epsilon (common.py)
     INDEX_TARGET: tl.constexpr,  # targets are class indices in [0, C], C = background
     ACTIVATED: tl.constexpr,  # X holds probabilities, not logits
     WEIGHT_MODE: tl.constexpr,  # 0 none, 1 per row, 2 per element
     GAMMA_MODE: tl.constexpr,  # 0: gamma == 0, 2: gamma == 2, 1: any
-    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
-    UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
-    WRITE_LOSS: tl.constexpr,  # store the elementwise loss
-    REDUCE: tl.constexpr,  # reduce the loss to OUT (sum * scale [/ (avg_factor + eps)])
-    WRITE_GRAD: tl.constexpr,  # store the gradient
-    CHECK: tl.constexpr,  # flag labels outside [0, C] / probabilities outside [0, 1]
-    EVEN_C: tl.constexpr,  # C % BLOCK_C == 0: no column mask
-    BLOCK_R: tl.constexpr,  # rows per block
-    BLOCK_C: tl.constexpr,  # columns per chunk; a program walks its rows chunk by chunk
-    BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
-    FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp through inline PTX (GPU only: not interpretable)
+    HAS_AF: tl.constexpr, UPSTREAM: tl.constexpr, WRITE_LOSS: tl.constexpr,  # what the call
+    REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr, CHECK: tl.constexpr,  # computes (common.py)
+    EVEN_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # the block shape,
+    BLOCK_P: tl.constexpr, FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp on the GPU (common.py)
 ):
     # class-index targets with logits: negatives-only inner loop + one positive per row
     HARD: tl.constexpr = INDEX_TARGET and not ACTIVATED
     pid = tl.program_id(0).to(tl.int64)
     nprog = tl.num_programs(0)
-    gscale = scale  # of the gradient
-    if WRITE_GRAD:
-        if HAS_AF:
-            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
+    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
     # invalid-input flags: a scalar for the labels (one reduction per row block: a row-vector
     # carried across the loop instead cost 27 registers at C = 1203, and half the occupancy),
@@ -153,10 +140,7 @@ def focal_loss_kernel(
     bad_lab = tl.zeros([], tl.int32)
     bad = tl.zeros([BLOCK_R, BLOCK_C], tl.int32)
     for rb in range(pid, num_row_blocks, nprog):
-        rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)  # int64
-        rmask = rows < R
-        x_row = X + rows * stride_xr
-        out_row = rows * C
+        rows, rmask, x_row, out_row = row_block(X, rb, R, C, stride_xr, BLOCK_R)  # int64
         # ---- per-row work ------------------------------------------------------------------
         w_r = tl.full([BLOCK_R], 1.0, tl.float32)
         if WEIGHT_MODE == 1:
@@ -182,13 +166,8 @@ def focal_loss_kernel(
             wn_g = wn_l * gscale
         # ---- the row's columns, chunk by chunk ---------------------------------------------
         for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            if EVEN_C:
-                mask = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_C])
-            else:
-                mask = rmask[:, None] & (cols < C)[None, :]
-            x = tl.load(x_row[:, None] + cols[None, :] * stride_xc, mask=mask,
-                        other=0.5).to(tl.float32)
+            cols, mask, x = load_chunk(x_row, rmask, c0, C, stride_xc, 0.5, EVEN_C, BLOCK_R,
+                                       BLOCK_C)
             if HARD:
                 loss, dx = _neg_focal(x, gamma, GAMMA_MODE, FAST_MATH)
                 if WEIGHT_MODE == 2:
@@ -227,16 +206,8 @@ def focal_loss_kernel(
                 g = dx * gscale
             if REDUCE:
                 acc += tl.where(mask, loss, 0.0)
-            if WRITE_LOSS:
-                tl.store(LOSS + out_row[:, None] + cols[None, :],
-                         (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
-            if WRITE_GRAD:
-                if UPSTREAM:
-                    up = tl.load(UP + rows[:, None] * stride_ur + cols[None, :] * stride_uc,
-                                 mask=mask, other=0)
-                    g = g * up.to(tl.float32)
-                tl.store(GRAD + out_row[:, None] + cols[None, :], g.to(GRAD.dtype.element_ty),
-                         mask=mask)
+            store_tile(LOSS, GRAD, UP, out_row, rows, cols, stride_ur, stride_uc, mask, loss, g,
+                       scale, WRITE_LOSS, WRITE_GRAD, UPSTREAM)
     if CHECK:
         if ACTIVATED:
             bad_lab = bad_lab | tl.max(tl.max(bad & 2, axis=1), axis=0)
@@ -252,30 +223,19 @@ def focal_loss_flat_kernel(
     T,  # targets: (R,) class indices if INDEX_TARGET else R * C dense, contiguous
     W,  # weights: (R,) if WEIGHT_MODE == 1, R * C if 2, unused if 0; contiguous
     UP,  # upstream gradient, R * C contiguous, read only if UPSTREAM
-    LOSS,  # elementwise loss out, R * C, written only if WRITE_LOSS
-    GRAD,  # gradient out, R * C, written only if WRITE_GRAD
-    OUT,  # the reduced loss (one element), written only if REDUCE
-    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
-    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
-    FLAG,  # int32 sticky invalid-input flag in host-mapped memory (CHECK)
-    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF,  # outputs, workspace, avg_factor (common.py)
     R,  # rows
     C,  # columns (classes)
     inv_C,  # 1 / C in fp32: row of an element within a block by one multiply (exact here)
     num_blocks,  # cdiv(R * C, BLOCK); the programs stride over them (persistent grid)
     gamma, alpha,  # focal parameters
-    scale,  # as focal_loss_kernel
-    eps,  # added to avg_factor
+    scale, eps,  # the loss's factor, avg_factor's epsilon (common.py)
     INDEX_TARGET: tl.constexpr,  # targets are class indices in [0, C], C = background
     ACTIVATED: tl.constexpr,  # X holds probabilities, not logits
     WEIGHT_MODE: tl.constexpr,  # 0 none, 1 per row, 2 per element
     GAMMA_MODE: tl.constexpr,  # 0: gamma == 0, 2: gamma == 2, 1: any
-    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
-    UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
-    WRITE_LOSS: tl.constexpr,  # store the elementwise loss
-    REDUCE: tl.constexpr,  # reduce the loss to OUT
-    WRITE_GRAD: tl.constexpr,  # store the gradient
-    CHECK: tl.constexpr,  # flag labels outside [0, C] / probabilities outside [0, 1]
+    HAS_AF: tl.constexpr, UPSTREAM: tl.constexpr, WRITE_LOSS: tl.constexpr,  # what the call
+    REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr, CHECK: tl.constexpr,  # computes (common.py)
     BLOCK: tl.constexpr,  # elements per block (a flat, aligned run of memory)
     CHECK_ROWS: tl.constexpr,  # labels checked per step of the label-check loop
     BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
@@ -291,10 +251,7 @@ def focal_loss_flat_kernel(
     pid = tl.program_id(0).to(tl.int64)
     nprog = tl.num_programs(0)
     n = tl.cast(R, tl.int64) * C  # (R may be the constant 1)
-    gscale = scale  # of the gradient
-    if WRITE_GRAD:
-        if HAS_AF:
-            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
+    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
     if CHECK:
         if INDEX_TARGET:  # the labels, once: a short loop over R, apart from the main loop
             bad = tl.zeros([], tl.int32)
@@ -345,13 +302,8 @@ def focal_loss_flat_kernel(
             dx = dx * w
         if REDUCE:
             acc += tl.where(mask, loss, 0.0)
-        if WRITE_LOSS:
-            tl.store(LOSS + offs, (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
-        if WRITE_GRAD:
-            g = dx * gscale
-            if UPSTREAM:
-                g = g * tl.load(UP + offs, mask=mask, other=0).to(tl.float32)
-            tl.store(GRAD + offs, g.to(GRAD.dtype.element_ty), mask=mask)
+        store_flat(LOSS, GRAD, UP, offs, mask, loss, dx, scale, gscale, WRITE_LOSS, WRITE_GRAD,
+                   UPSTREAM)
     if CHECK:
         if ACTIVATED:
             report_bad_input(FLAG, tl.max(badp, axis=0) * 2, C)

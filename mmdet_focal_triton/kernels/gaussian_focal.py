@@ -24,7 +24,7 @@ at a positive, p = 1 at a negative; mmdet's eps gives 27.6 there); a term whose 
 import triton
 import triton.language as tl
 
-from .common import reduce_in_last_program, report_bad_input
+from .common import grad_scale, reduce_in_last_program, report_bad_input, store_flat
 
 
 @triton.jit
@@ -83,41 +83,25 @@ def gaussian_focal_loss_kernel(
     T,  # Gaussian targets, contiguous, n elements, any real dtype
     W,  # weights, contiguous, n elements, read only if WEIGHTED
     UP,  # upstream gradient, contiguous, n elements, read only if UPSTREAM
-    LOSS,  # elementwise loss out, n elements, written only if WRITE_LOSS
-    GRAD,  # gradient out, n elements, written only if WRITE_GRAD
-    OUT,  # the reduced loss (one element), written only if REDUCE
-    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
-    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
-    FLAG,  # int32 sticky invalid-input flag in host-mapped memory (CHECK)
-    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF,  # outputs, workspace, avg_factor (common.py)
     n,  # elements
     num_blocks,  # cdiv(n, BLOCK); the programs stride over them (persistent grid)
     alpha,  # exponent of the modulating factor s (p at a negative, 1 - p at a positive)
     gamma,  # exponent of the negatives' Gaussian factor (1 - t)
     pos_weight,  # factor of the positives (t == 1)
     neg_weight,  # factor of the negatives
-    scale,  # loss_weight / normaliser: factor of the reduced loss, of a 'none' loss and of the
-    #         gradient (which HAS_AF further divides by avg_factor + eps)
-    eps,  # added to avg_factor (float32 machine epsilon, as mmdet)
+    scale, eps,  # the loss's factor, avg_factor's epsilon (common.py)
     ALPHA_MODE: tl.constexpr,  # 0: alpha == 0, 2: alpha == 2, 4: alpha == 4, 1: any
     GAMMA_MODE: tl.constexpr,  # the same for gamma
     NEG_ONLY: tl.constexpr,  # the pos_inds form: the negative term of every element
     WEIGHTED: tl.constexpr,  # multiply the loss by W elementwise
-    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
-    UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
-    WRITE_LOSS: tl.constexpr,  # store the elementwise loss
-    REDUCE: tl.constexpr,  # reduce the loss to OUT (sum * scale [/ (avg_factor + eps)])
-    WRITE_GRAD: tl.constexpr,  # store the gradient
-    CHECK: tl.constexpr,  # flag probabilities outside [0, 1]
-    BLOCK: tl.constexpr,  # elements per block
-    BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
+    HAS_AF: tl.constexpr, UPSTREAM: tl.constexpr, WRITE_LOSS: tl.constexpr,  # what the call
+    REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr, CHECK: tl.constexpr,  # computes (common.py)
+    BLOCK: tl.constexpr, BLOCK_P: tl.constexpr,  # the block shape (common.py)
 ):
     pid = tl.program_id(0).to(tl.int64)
     nprog = tl.num_programs(0)
-    gscale = scale  # of the gradient
-    if WRITE_GRAD:
-        if HAS_AF:
-            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
+    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
     acc = tl.zeros([BLOCK], tl.float32)
     bad = tl.zeros([BLOCK], tl.int32)
     for b in range(pid, num_blocks, nprog):
@@ -135,13 +119,8 @@ def gaussian_focal_loss_kernel(
             dp = dp * w
         if REDUCE:
             acc += tl.where(mask, loss, 0.0)
-        if WRITE_LOSS:
-            tl.store(LOSS + offs, (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
-        if WRITE_GRAD:
-            g = dp * gscale
-            if UPSTREAM:
-                g = g * tl.load(UP + offs, mask=mask, other=0).to(tl.float32)
-            tl.store(GRAD + offs, g.to(GRAD.dtype.element_ty), mask=mask)
+        store_flat(LOSS, GRAD, UP, offs, mask, loss, dp, scale, gscale, WRITE_LOSS, WRITE_GRAD,
+                   UPSTREAM)
     if CHECK:
         report_bad_input(FLAG, tl.max(bad, axis=0) * 2, 0)
     if REDUCE:
@@ -152,8 +131,8 @@ def gaussian_focal_loss_kernel(
 @triton.jit
 def gaussian_positives_kernel(
     P,  # predicted probabilities, contiguous (N, C)
-    I,  # pos_inds (npos,): the rows of the positives, any integer dtype
-    L,  # pos_labels (npos,): their classes
+    ROWS,  # pos_inds (npos,): the rows of the positives, any integer dtype
+    LABELS,  # pos_labels (npos,): their classes
     IDX,  # int64 out (npos,): each positive's flat index into P (0 where invalid)
     PG,  # out (npos,): d loss / dp of each positive, in GRAD's dtype (0 where invalid)
     OUT,  # the reduced loss (one element): the positives' loss is added to it
@@ -185,8 +164,8 @@ def gaussian_positives_kernel(
     for k0 in range(0, npos, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         m = k < npos
-        i = tl.load(I + k, mask=m, other=0).to(tl.int64)
-        lab = tl.load(L + k, mask=m, other=0).to(tl.int64)
+        i = tl.load(ROWS + k, mask=m, other=0).to(tl.int64)
+        lab = tl.load(LABELS + k, mask=m, other=0).to(tl.int64)
         ok = m & (i >= 0) & (i < N) & (lab >= 0) & (lab < C)
         if CHECK:
             bad = bad | (m & ~ok).to(tl.int32)

@@ -26,7 +26,16 @@ beta * |d|**beta * dd * (bce / d), whose factors stay bounded where d -> 0 with 
 import triton
 import triton.language as tl
 
-from .common import LN2, log1p_exp_neg, recip_1_2, reduce_in_last_program, report_bad_input
+from .common import (
+    LN2,
+    grad_scale,
+    load_chunk,
+    log1p_exp_neg,
+    recip_1_2,
+    reduce_in_last_program,
+    report_bad_input,
+    row_block,
+)
 from .focal import _neg_focal
 
 # Compile-time modes (chosen by ops/quality_focal.py and ops/varifocal.py): MOD_MODE 0 (the
@@ -100,50 +109,29 @@ def quality_focal_loss_kernel(
     S, stride_sr,  # quality scores (R,) of the labelled classes, read only if INDEX_TARGET
     W, stride_wr,  # weights of the per-row losses (R,) (stride 0: one for all), if WEIGHTED
     UP, stride_ur,  # upstream gradient of the per-row loss (R,), read only if UPSTREAM
-    LOSS,  # per-row loss out, contiguous (R,), written only if WRITE_LOSS
-    GRAD,  # gradient out, contiguous (R, C), written only if WRITE_GRAD
-    OUT,  # the reduced loss (one element), written only if REDUCE
-    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
-    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
-    FLAG,  # int32 sticky invalid-input flag in host-mapped memory (CHECK)
-    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF,  # outputs, workspace, avg_factor (common.py)
     R,  # rows
     C,  # columns (classes)
     num_row_blocks,  # cdiv(R, BLOCK_R); the programs stride over them (persistent grid)
     beta,  # exponent of the modulating factor |p - t|
-    scale,  # loss_weight / normaliser: factor of the reduced loss, of a 'none' loss and of the
-    #         gradient (which HAS_AF further divides by avg_factor + eps)
-    eps,  # added to avg_factor (float32 machine epsilon, as mmdet)
+    scale, eps,  # the loss's factor, avg_factor's epsilon (common.py)
     INDEX_TARGET: tl.constexpr,  # (labels, scores) targets: labels in [0, C], C = background
     ACTIVATED: tl.constexpr,  # X holds probabilities, not logits
     WEIGHTED: tl.constexpr,  # multiply each row's loss by W
     MOD_MODE: tl.constexpr,  # 0: beta == 0, 2: beta == 2, 1: any
-    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
-    UPSTREAM: tl.constexpr,  # multiply the gradient by UP per row (backward of 'none')
-    WRITE_LOSS: tl.constexpr,  # store the per-row loss
-    REDUCE: tl.constexpr,  # reduce the loss to OUT (sum * scale [/ (avg_factor + eps)])
-    WRITE_GRAD: tl.constexpr,  # store the gradient
-    CHECK: tl.constexpr,  # flag labels outside [0, C] / probabilities outside [0, 1]
-    EVEN_C: tl.constexpr,  # C % BLOCK_C == 0: no column mask
-    BLOCK_R: tl.constexpr,  # rows per block
-    BLOCK_C: tl.constexpr,  # columns per chunk; a program walks its rows chunk by chunk
-    BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
-    FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp through inline PTX (GPU only: not interpretable)
+    HAS_AF: tl.constexpr, UPSTREAM: tl.constexpr, WRITE_LOSS: tl.constexpr,  # what the call
+    REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr, CHECK: tl.constexpr,  # computes (common.py)
+    EVEN_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # the block shape,
+    BLOCK_P: tl.constexpr, FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp on the GPU (common.py)
 ):
     pid = tl.program_id(0).to(tl.int64)
     nprog = tl.num_programs(0)
-    gscale = scale  # of the gradient
-    if WRITE_GRAD:
-        if HAS_AF:
-            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
+    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
     bad_lab = tl.zeros([], tl.int32)  # labels: one reduction per row block (see focal.py)
     bad = tl.zeros([BLOCK_R, BLOCK_C], tl.int32)  # probabilities (activated inputs only)
     for rb in range(pid, num_row_blocks, nprog):
-        rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)  # int64
-        rmask = rows < R
-        x_row = X + rows * stride_xr
-        out_row = rows * C
+        rows, rmask, x_row, out_row = row_block(X, rb, R, C, stride_xr, BLOCK_R)  # int64
         # ---- per-row work ------------------------------------------------------------------
         w_l = tl.full([BLOCK_R], 1.0, tl.float32)  # factor of the row's loss
         if WEIGHTED:
@@ -170,13 +158,8 @@ def quality_focal_loss_kernel(
         row_acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
         # ---- the row's columns, chunk by chunk ---------------------------------------------
         for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            if EVEN_C:
-                mask = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_C])
-            else:
-                mask = rmask[:, None] & (cols < C)[None, :]
-            x = tl.load(x_row[:, None] + cols[None, :] * stride_xc, mask=mask,
-                        other=0.5).to(tl.float32)
+            cols, mask, x = load_chunk(x_row, rmask, c0, C, stride_xc, 0.5, EVEN_C, BLOCK_R,
+                                       BLOCK_C)
             if INDEX_TARGET:
                 if ACTIVATED:
                     loss, dx = _qfl_prob(x, tl.zeros(x.shape, tl.float32), beta, MOD_MODE)

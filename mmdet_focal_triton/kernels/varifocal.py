@@ -17,7 +17,7 @@ alpha; where t > 0, d loss / dx = fw * (p - t).
 import triton
 import triton.language as tl
 
-from .common import reduce_in_last_program
+from .common import grad_scale, load_chunk, reduce_in_last_program, row_block, store_tile
 from .quality_focal import _logit_terms, _modulate
 
 # Compile-time modes (chosen by ops/varifocal.py): MOD_MODE as in quality_focal.py (for gamma);
@@ -30,56 +30,32 @@ def varifocal_loss_kernel(
     T, stride_tr, stride_tc,  # targets (R, C), any real dtype
     W, stride_wr, stride_wc,  # weights broadcast to (R, C) (0 strides allowed), if WEIGHT_MODE
     UP, stride_ur, stride_uc,  # upstream gradient (R, C), read only if UPSTREAM
-    LOSS,  # elementwise loss out, contiguous (R, C), written only if WRITE_LOSS
-    GRAD,  # gradient out, contiguous (R, C), written only if WRITE_GRAD
-    OUT,  # the reduced loss (one element), written only if REDUCE
-    PARTIAL,  # fp32 workspace, one slot per program (REDUCE)
-    COUNTER,  # int32 arrival counter of the reduction, 0 between launches (REDUCE)
-    AF,  # avg_factor tensor (one element), read only if HAS_AF
+    LOSS, GRAD, OUT, PARTIAL, COUNTER, AF,  # outputs, workspace, avg_factor (common.py)
     R,  # rows
     C,  # columns (classes)
     num_row_blocks,  # cdiv(R, BLOCK_R); the programs stride over them (persistent grid)
     alpha,  # factor of the elements with target <= 0
     gamma,  # exponent of their modulating factor |p - t|
-    scale,  # loss_weight / normaliser: factor of the reduced loss, of a 'none' loss and of the
-    #         gradient (which HAS_AF further divides by avg_factor + eps)
-    eps,  # added to avg_factor (float32 machine epsilon, as mmdet)
+    scale, eps,  # the loss's factor, avg_factor's epsilon (common.py)
     IOU_WEIGHTED: tl.constexpr,  # the elements with target > 0 are weighted by their target
     WEIGHT_MODE: tl.constexpr,  # 0 none, 1 per row, 2 per element
     MOD_MODE: tl.constexpr,  # 0: gamma == 0, 2: gamma == 2, 1: any
-    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps), read from AF
-    UPSTREAM: tl.constexpr,  # multiply the gradient by UP elementwise (backward of 'none')
-    WRITE_LOSS: tl.constexpr,  # store the elementwise loss
-    REDUCE: tl.constexpr,  # reduce the loss to OUT (sum * scale [/ (avg_factor + eps)])
-    WRITE_GRAD: tl.constexpr,  # store the gradient
-    EVEN_C: tl.constexpr,  # C % BLOCK_C == 0: no column mask
-    BLOCK_R: tl.constexpr,  # rows per block
-    BLOCK_C: tl.constexpr,  # columns per chunk; a program walks its rows chunk by chunk
-    BLOCK_P: tl.constexpr,  # partial sums added per step by the reducing program
-    FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp through inline PTX (GPU only: not interpretable)
+    HAS_AF: tl.constexpr, UPSTREAM: tl.constexpr, WRITE_LOSS: tl.constexpr,  # what the call
+    REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr,  # computes (common.py)
+    EVEN_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # the block shape,
+    BLOCK_P: tl.constexpr, FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp on the GPU (common.py)
 ):
     pid = tl.program_id(0).to(tl.int64)
     nprog = tl.num_programs(0)
-    gscale = scale  # of the gradient
-    if WRITE_GRAD:
-        if HAS_AF:
-            gscale = scale / (tl.load(AF).to(tl.float32) + eps)
+    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
     for rb in range(pid, num_row_blocks, nprog):
-        rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)  # int64
-        rmask = rows < R
-        x_row = X + rows * stride_xr
-        out_row = rows * C
+        rows, rmask, x_row, out_row = row_block(X, rb, R, C, stride_xr, BLOCK_R)  # int64
         if WEIGHT_MODE == 1:
             w_r = tl.load(W + rows * stride_wr, mask=rmask, other=0).to(tl.float32)
         for c0 in range(0, C, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            if EVEN_C:
-                mask = tl.broadcast_to(rmask[:, None], [BLOCK_R, BLOCK_C])
-            else:
-                mask = rmask[:, None] & (cols < C)[None, :]
-            x = tl.load(x_row[:, None] + cols[None, :] * stride_xc, mask=mask,
-                        other=0.0).to(tl.float32)
+            cols, mask, x = load_chunk(x_row, rmask, c0, C, stride_xc, 0.0, EVEN_C, BLOCK_R,
+                                       BLOCK_C)
             t = tl.load(T + rows[:, None] * stride_tr + cols[None, :] * stride_tc, mask=mask,
                         other=0).to(tl.float32)
             bce, d, dd = _logit_terms(x, t, FAST_MATH)
@@ -101,17 +77,8 @@ def varifocal_loss_kernel(
                 dx = dx * w
             if REDUCE:
                 acc += tl.where(mask, loss, 0.0)
-            if WRITE_LOSS:
-                tl.store(LOSS + out_row[:, None] + cols[None, :],
-                         (loss * scale).to(LOSS.dtype.element_ty), mask=mask)
-            if WRITE_GRAD:
-                g = dx * gscale
-                if UPSTREAM:
-                    up = tl.load(UP + rows[:, None] * stride_ur + cols[None, :] * stride_uc,
-                                 mask=mask, other=0)
-                    g = g * up.to(tl.float32)
-                tl.store(GRAD + out_row[:, None] + cols[None, :], g.to(GRAD.dtype.element_ty),
-                         mask=mask)
+            store_tile(LOSS, GRAD, UP, out_row, rows, cols, stride_ur, stride_uc, mask, loss,
+                       dx * gscale, scale, WRITE_LOSS, WRITE_GRAD, UPSTREAM)
     if REDUCE:
         reduce_in_last_program(tl.sum(tl.sum(acc, axis=1), axis=0), PARTIAL, COUNTER, OUT, AF,
                                scale, eps, HAS_AF, BLOCK_P)

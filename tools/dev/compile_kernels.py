@@ -2,8 +2,8 @@
 """Compile the Triton kernels ahead of time for a GPU target, without a GPU (CI-safe).
 
 Catches front-end and back-end compile errors of every constexpr combination the launchers can
-request, for the focal kernel and the family's (quality focal, varifocal, Gaussian focal) (`--quick`,
-`--smoke`: subsets).
+request, for the focal kernel and the family's (quality focal, varifocal, Gaussian focal)
+(`--quick`, `--smoke`: subsets).
 `--sass`: instead, compile the training variant (class indices, per-row weights, avg_factor,
 gradient) the way the JIT specialises it for real contiguous arguments (strides of 1 become
 constants, multiples of 16 are marked), and count the SASS instructions per element of the
@@ -153,7 +153,8 @@ def compile_gaussian(quick, smoke, arch) -> int:
     for kernel, dtype, consts in gaussian_variants(quick, smoke):
         ptrs = dict(P=f'*{dtype}', T='*fp32', W='*fp32', UP=f'*{dtype}', LOSS='*fp32',
                     GRAD=f'*{dtype}', OUT='*fp32', PARTIAL='*fp32', COUNTER='*i32',
-                    FLAG='*i32', AF='*fp32', I='*i64', L='*i64', IDX='*i64', PG=f'*{dtype}')
+                    FLAG='*i32', AF='*fp32', ROWS='*i64', LABELS='*i64', IDX='*i64',
+                    PG=f'*{dtype}')
         try:
             compile_one(getattr(G, kernel), ptrs, floats, consts, arch)
             info = 'ok'
