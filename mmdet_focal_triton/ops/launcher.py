@@ -90,20 +90,22 @@ class Kernel:
             self.direct = False
 
 
-def lazy_kernel(module: str, name: str):
-    """A function returning the `Kernel` of `kernels/<module>.py`'s `name`, imported and
-    wrapped on first use (importing triton's kernels costs time the CPU path does not need)."""
-    box = []
+class lazy_kernel:  # noqa: N801 (used as a function: `_kernel = lazy_kernel(...)`, `_kernel()`)
+    """The `Kernel` of `kernels/<module>.py`'s `name`, imported and wrapped on first call
+    (importing triton's kernels costs time the CPU path does not need); `loaded` is it, or None
+    while nothing has asked for it."""
 
-    def get() -> Kernel:
-        if not box:
+    def __init__(self, module: str, name: str):
+        self.module, self.name, self.loaded = module, name, None
+
+    def __call__(self) -> Kernel:
+        if self.loaded is None:
             import importlib
 
-            fn = getattr(importlib.import_module(f'{__package__.rsplit(".", 1)[0]}.kernels.'
-                                                 f'{module}'), name)
-            box.append(Kernel(fn))
-        return box[0]
-    return get
+            package = __package__.rsplit('.', 1)[0]
+            fn = getattr(importlib.import_module(f'{package}.kernels.{self.module}'), self.name)
+            self.loaded = Kernel(fn)
+        return self.loaded
 
 
 def variant(cache: dict, key: tuple, cls, device):

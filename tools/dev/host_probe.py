@@ -162,7 +162,7 @@ def family_main(loss: str, baseline: bool, dtypes, quick: bool = False) -> None:
             mft.check_pending_inputs()
             pred = target = weight = af = steps = None
             torch.cuda.empty_cache()
-    kern = mft.ops.quality_focal._KERNEL if loss == 'qfl' else mft.ops.varifocal._KERNEL
+    kern = (mft.ops.quality_focal if loss == 'qfl' else mft.ops.varifocal)._kernel.loaded
     if kern is not None:  # None: the PyTorch path ran (CPU)
         print(f'{loss} kernel: {kern.direct_launches} direct launches, {len(kern.compiled)} '
               'compiled specialisations')
@@ -263,7 +263,8 @@ def main():
             mft.check_pending_inputs()
             x = lab = w = None
             torch.cuda.empty_cache()
-    for layout, k in focal._KERNELS.items():
+    for layout, lazy in focal._KERNELS.items():
+        k = lazy.loaded or lazy()
         print(f'{layout} kernel: {k.direct_launches} direct launches, {len(k.compiled)} '
               'compiled specialisations')
     if args.profile:

@@ -1,5 +1,7 @@
 """Pieces the loss families share: our input-check mode around a measurement, one
-torch.compile per peer for every shape, the positive rows of a dense head's level."""
+torch.compile per peer for every shape, the positive rows of a dense head's level, the byte floor
+of a fused loss, and the peers of a loss whose mmdet module and function take the same
+arguments as ours."""
 from __future__ import annotations
 
 import contextlib
@@ -43,3 +45,36 @@ def positives(N, g, frac=0.01):
     if N:
         pos[0] = True
     return pos
+
+
+def fused_bytes(N, C, dtype, mode, elem_bytes=0, row_bytes=0):
+    """Bytes a fused implementation must move in `mode`: pred (N x C of `dtype`), `elem_bytes`
+    per element (a dense target) and `row_bytes` per row (labels, scores, weights), and the
+    gradient it writes in the forward ('fwd_bwd', 'fwd'); NaN for 'bwd' (= fwd_bwd - fwd),
+    which has no floor of its own: a fused forward leaves nothing for the backward to move."""
+    if mode == 'bwd':
+        return float('nan')
+    esize = torch.tensor([], dtype=dtype).element_size()
+    b = N * C * (esize + elem_bytes) + N * row_bytes
+    if mode in ('fwd_bwd', 'fwd'):
+        b += N * C * esize
+    return b
+
+
+def module_peers(key: str, ours, mmdet_module, mmdet_function, loss: str, function: str,
+                 kernels: tuple[str, ...]) -> dict:
+    """The implementations of a loss whose peers are mmdet's module and torch.compile of mmdet's
+    function: 'ours' (input checks async), 'mmdet-py', 'compile'. `ours` / `mmdet_module` /
+    `mmdet_function` build them (imported on use); `loss`: mmdet's class name (ours is
+    Triton<loss>), `function`: mmdet's function's name; `kernels`: our kernels' names."""
+    from ..registry import Impl
+
+    def compiled():
+        return compile_once(key, mmdet_function)
+
+    return {i.name: i for i in [
+        Impl('ours', ours, f'Triton{loss}', kernels=kernels, on_cpu=True,
+             context=lambda: input_checks('async')),
+        Impl('mmdet-py', mmdet_module, f"mmdet's {loss} (Python)", on_cpu=True),
+        Impl('compile', compiled, f"torch.compile of mmdet's {function} (dynamic shapes)"),
+    ]}

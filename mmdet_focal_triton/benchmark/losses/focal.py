@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..registry import Impl, LossFamily, register_family
 from ..shapes import default_shapes
 from .common import compile_once, input_checks
+from .common import fused_bytes as dense_bytes
 
 GAMMA, ALPHA = 2.0, 0.25
 OUR_KERNELS = ('focal_loss_kernel', 'scale_kernel')
@@ -38,16 +39,10 @@ def make_inputs(N, C, dtype, device, seed=0):
 
 
 def fused_bytes(N, C, dtype, mode):
-    """Bytes a fused implementation must move in `mode`; NaN for 'bwd' (= fwd_bwd - fwd), which
-    has no floor of its own: a fused forward leaves nothing for the backward to move."""
-    if mode == 'bwd':
-        return float('nan')
-    esize = torch.tensor([], dtype=dtype).element_size()
-    per_row = 8 + 4  # int64 label + fp32 weight
-    b = N * C * esize + N * per_row
-    if mode in ('fwd_bwd', 'fwd'):  # the fused forward writes the gradient
-        b += N * C * esize
-    return b
+    """Bytes a fused implementation must move in `mode`: the logits, an int64 label and an fp32
+    weight per row, and the gradient it writes in the forward; NaN for 'bwd'
+    (`common.fused_bytes`)."""
+    return dense_bytes(N, C, dtype, mode, row_bytes=8 + 4)
 
 
 def _one_hot(labels, C):

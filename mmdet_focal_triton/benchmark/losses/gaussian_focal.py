@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import Impl, LossFamily, register_family
+from ..registry import LossFamily, register_family
 from ..shapes import TINY_SHAPES
-from .common import compile_once, input_checks
+from .common import fused_bytes as dense_bytes
+from .common import module_peers
 
 ALPHA, GAMMA = 2.0, 4.0
 OUR_KERNELS = ('gaussian_focal_loss_kernel', 'scale_kernel')
@@ -43,15 +44,9 @@ def make_inputs(N, C, dtype, device, seed=0):
 
 
 def fused_bytes(N, C, dtype, mode):
-    """Bytes a fused implementation must move in `mode`: the probabilities, the fp32 target, and
-    the gradient it writes in the forward; NaN for 'bwd'."""
-    if mode == 'bwd':
-        return float('nan')
-    esize = torch.tensor([], dtype=dtype).element_size()
-    b = N * C * (esize + TARGET_DTYPE.itemsize)
-    if mode in ('fwd_bwd', 'fwd'):
-        b += N * C * esize
-    return b
+    """Bytes a fused implementation must move in `mode`: the probabilities, the fp32 target,
+    and the gradient it writes in the forward (`common.fused_bytes`)."""
+    return dense_bytes(N, C, dtype, mode, elem_bytes=TARGET_DTYPE.itemsize)
 
 
 def default_shapes(quick: bool = False) -> list[tuple[str, int, int]]:
@@ -82,16 +77,8 @@ def _mmdet_function():
     return gfl
 
 
-def _compiled():
-    return compile_once('gaussian', _mmdet_function)
-
-
-IMPLS = {i.name: i for i in [
-    Impl('ours', _ours, 'TritonGaussianFocalLoss', kernels=OUR_KERNELS, on_cpu=True,
-         context=lambda: input_checks('async')),
-    Impl('mmdet-py', _mmdet_module, "mmdet's GaussianFocalLoss (Python)", on_cpu=True),
-    Impl('compile', _compiled, "torch.compile of mmdet's gaussian_focal_loss (dynamic shapes)"),
-]}
+IMPLS = module_peers('gaussian', _ours, _mmdet_module, _mmdet_function, 'GaussianFocalLoss',
+                     'gaussian_focal_loss', OUR_KERNELS)
 
 GAUSSIAN = register_family(LossFamily(
     name='gaussian', doc='Gaussian focal loss (CenterNet, CornerNet, CentripetalNet)',

@@ -17,6 +17,7 @@ import torch
 from ..registry import Impl, LossFamily, register_family
 from ..shapes import RETINANET_IMG, TINY_SHAPES, level_rows
 from .common import compile_once, input_checks, positives
+from .common import fused_bytes as dense_bytes
 
 BETA = 2.0
 OUR_KERNELS = ('quality_focal_loss_kernel', 'scale_kernel')
@@ -43,15 +44,9 @@ def make_inputs(N, C, dtype, device, seed=0):
 
 def fused_bytes(N, C, dtype, mode):
     """Bytes a fused implementation must move in `mode`: the logits, an int64 label, an fp32
-    score and an fp32 weight per row, and the gradient it writes in the forward; NaN for 'bwd'
-    (a fused forward leaves nothing for the backward to move)."""
-    if mode == 'bwd':
-        return float('nan')
-    esize = torch.tensor([], dtype=dtype).element_size()
-    b = N * C * esize + N * (8 + 4 + 4)
-    if mode in ('fwd_bwd', 'fwd'):
-        b += N * C * esize
-    return b
+    score and an fp32 weight per row, and the gradient it writes in the forward
+    (`common.fused_bytes`)."""
+    return dense_bytes(N, C, dtype, mode, row_bytes=8 + 4 + 4)
 
 
 def default_shapes(quick: bool = False) -> list[tuple[str, int, int]]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import Impl, LossFamily, register_family
+from ..registry import LossFamily, register_family
 from ..shapes import RETINANET_IMG, TINY_SHAPES, level_rows
-from .common import compile_once, input_checks, positives
+from .common import fused_bytes as dense_bytes
+from .common import module_peers, positives
 
 ALPHA, GAMMA = 0.75, 2.0
 OUR_KERNELS = ('varifocal_loss_kernel', 'scale_kernel')
@@ -39,16 +40,9 @@ def make_inputs(N, C, dtype, device, seed=0):
 
 
 def fused_bytes(N, C, dtype, mode):
-    """Bytes a fused implementation must move in `mode`: the logits, the dense target, and the
-    gradient it writes in the forward; NaN for 'bwd' (a fused forward leaves nothing for the
-    backward to move)."""
-    if mode == 'bwd':
-        return float('nan')
-    esize = torch.tensor([], dtype=dtype).element_size()
-    b = N * C * (esize + TARGET_DTYPE.itemsize)
-    if mode in ('fwd_bwd', 'fwd'):
-        b += N * C * esize
-    return b
+    """Bytes a fused implementation must move in `mode`: the logits, the dense fp32 target, and
+    the gradient it writes in the forward (`common.fused_bytes`)."""
+    return dense_bytes(N, C, dtype, mode, elem_bytes=TARGET_DTYPE.itemsize)
 
 
 def vfnet_rows(batch: int, img_hw=RETINANET_IMG) -> int:
@@ -83,16 +77,8 @@ def _mmdet_function():
     return vfl
 
 
-def _compiled():
-    return compile_once('vfl', _mmdet_function)
-
-
-IMPLS = {i.name: i for i in [
-    Impl('ours', _ours, 'TritonVarifocalLoss', kernels=OUR_KERNELS, on_cpu=True,
-         context=lambda: input_checks('async')),
-    Impl('mmdet-py', _mmdet_module, "mmdet's VarifocalLoss (Python)", on_cpu=True),
-    Impl('compile', _compiled, "torch.compile of mmdet's varifocal_loss (dynamic shapes)"),
-]}
+IMPLS = module_peers('vfl', _ours, _mmdet_module, _mmdet_function, 'VarifocalLoss',
+                     'varifocal_loss', OUR_KERNELS)
 
 VFL = register_family(LossFamily(
     name='vfl', doc='varifocal loss (VFNet)', make_inputs=make_inputs, fused_bytes=fused_bytes,
