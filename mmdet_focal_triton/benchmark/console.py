@@ -98,21 +98,11 @@ class RunProgress:
     """
 
     def __init__(self, console):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from ..progress import progress_bar
 
         self.console = console
         self.live = console.is_terminal
-        self._progress = Progress(
-            TextColumn('{task.description}'), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn('ETA'), TimeRemainingColumn(), console=console,
-            transient=True, disable=not self.live)
+        self._progress = progress_bar(console, transient=True, disable=not self.live)
         self._task = None
         self.total = self.done = 0
 

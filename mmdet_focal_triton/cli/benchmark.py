@@ -1,19 +1,11 @@
 """Benchmark the fused losses against their peers; append rows to a CSV and plot from it.
 
---loss focal (default): the sigmoid focal loss of RetinaNet-like heads. Implementations (each
-where it runs; a failure is recorded with its error, not hidden):
-  ours          TritonFocalLoss (fused Triton kernels; gradient written in the forward pass)
-  ours-nocheck  the same with the label-range check off
-  mmcv          mmdet's FocalLoss on CUDA = mmcv's CUDA op (`mmcv.ops.sigmoid_focal_loss`)
-  mmdet-py      mmdet's python path: one-hot + `py_sigmoid_focal_loss`
-  compile       torch.compile of that python path
-  torchvision   torchvision.ops.sigmoid_focal_loss on the one-hot target (+ weight, avg_factor)
---loss qfl: mmdet's QualityFocalLoss with (labels, scores) targets at RTMDet-s's levels of batch
-32 and GFL's of batch 2: ours (TritonQualityFocalLoss), ours-nocheck, mmdet-py (mmdet's
-QualityFocalLoss module), compile (torch.compile of mmdet's quality_focal_loss).
---loss vfl: mmdet's VarifocalLoss with VFNet's dense IoU target, one call per batch (2 and 16):
-ours (TritonVarifocalLoss), mmdet-py (mmdet's VarifocalLoss module), compile (torch.compile of
-mmdet's varifocal_loss).
+--loss focal (default, RetinaNet's levels), qfl (QualityFocalLoss: RTMDet-s / GFL levels), vfl
+(VarifocalLoss: VFNet), gaussian (GaussianFocalLoss: CenterNet's heatmaps). Each family's module
+under mmdet_focal_triton/benchmark/losses/ lists its implementations and shapes (--help lists
+their names): ours (and ours-nocheck, the label check off), mmdet's loss (mmcv's CUDA op for
+FocalLoss on CUDA, mmdet-py: its Python path), compile (torch.compile of that path), and
+torchvision for the focal loss. A failing implementation is recorded with its error, not hidden.
 Reference patterns (host mode's default set; any mode with --impls):
   floor         autograd.Function: one trivial Triton launch in the forward (which allocates a
                 gradient-sized buffer and a 0-d output) and one in the backward (returns it)

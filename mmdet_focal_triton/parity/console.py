@@ -167,20 +167,10 @@ class Bar:
         self.description = description
         if console.verbose:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from ..progress import progress_bar
 
-        self._progress = Progress(
-            TextColumn('{task.description}'), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TextColumn('{task.fields[text]}'), TimeElapsedColumn(), TextColumn('ETA'),
-            TimeRemainingColumn(), console=console.console, redirect_stdout=False,
-            redirect_stderr=False, transient=False)
+        self._progress = progress_bar(console.console, text_field=True, redirect_stdout=False,
+                                      redirect_stderr=False, transient=False)
         self._task = self._progress.add_task(description, total=total, text=text)
         self._progress.start()
 
