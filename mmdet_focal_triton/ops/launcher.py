@@ -26,7 +26,7 @@ import torch
 from .backend import INTERPRETER
 from .checks import flag_arg
 from .spec import NONE
-from .tuning import ON_RETUNE, num_programs
+from .tuning import ON_RETUNE, launch_config, num_programs
 
 _KERNELS = []  # every Kernel, for clear_cache()
 _CACHES = []  # per-variant launch data of the ops, for clear_cache()
@@ -255,3 +255,18 @@ class Variant:
         args = self.args(ins[:-1] + outs + ins[-1:], call)
         with device_guard(device_index):
             self.kernel.launch(key, P, stream, args, self.options)
+
+
+class RowsVariant(Variant):
+    """A `Variant` of a row-block kernel (quality focal, varifocal): its launch configuration
+    for (C, dtype), and `block_args`, the block-shape constexprs that end its argument list
+    (EVEN_C, BLOCK_R, BLOCK_C, BLOCK_P, FAST_MATH: kernels/common.py)."""
+
+    def __init__(self, kernel: Kernel, spec, C: int, dtype, device_index: int, device,
+                 backward_of_none: bool, check: bool | None):
+        cfg = launch_config(C, dtype)
+        super().__init__(kernel, cfg, cfg['block_r'], device_index, device, spec,
+                         backward_of_none, check=check)
+        self.block_args = (C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,
+                           bool(cfg['fast_math']) and device_index >= 0)
+        self.sx = (C, 1)  # canonical strides of a contiguous (R, C) tensor

@@ -19,7 +19,7 @@ from . import checks, torch_quality_focal
 from .backend import use_triton
 from .fused_op import FusedLossOp, empty_result, new_outputs
 from .launcher import (
-    Variant,
+    RowsVariant,
     clear_on_retune,
     dtype_of,
     int_class,
@@ -28,7 +28,6 @@ from .launcher import (
     variant,
 )
 from .spec import NONE, QualityFocalSpec
-from .tuning import launch_config
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
 _kernel = lazy_kernel('quality_focal', 'quality_focal_loss_kernel')
@@ -39,22 +38,19 @@ def mod_mode(expo: float) -> int:
     return 0 if expo == 0.0 else 2 if expo == 2.0 else 1
 
 
-class _Variant(Variant):
-    """Launch data of one variant (launcher.Variant): the constexpr arguments, block shape and
+class _Variant(RowsVariant):
+    """Launch data of one variant (launcher.RowsVariant): the constexpr arguments and the
     canonical strides of contiguous inputs, a function of the variant key alone."""
 
     def __init__(self, device_index, flags, check, backward_of_none, mod, has_af, C, dtype,
                  canonical, device):
         spec = QualityFocalSpec.unpack(flags)
-        cfg = launch_config(C, dtype)
-        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device, spec,
-                         backward_of_none, check=check)
+        super().__init__(_kernel(), spec, C, dtype, device_index, device, backward_of_none,
+                         check=check)
         self.tail = (spec.index_target, spec.activated, spec.weighted, mod, has_af,
                      backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
-                     C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,
-                     bool(cfg['fast_math']) and device_index >= 0)
-        self.sx = (C, 1)  # canonical strides of contiguous pred and targets
-        self.st = (1, 0) if spec.index_target else self.sx
+                     *self.block_args)
+        self.st = (1, 0) if spec.index_target else self.sx  # (sx: of pred, dense targets)
 
     def args(self, ptrs, call):
         X, T, S, W, UP, LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF = ptrs

@@ -16,7 +16,7 @@ from . import torch_varifocal
 from .backend import use_triton
 from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
 from .launcher import (
-    Variant,
+    RowsVariant,
     clear_on_retune,
     dtype_of,
     int_class,
@@ -26,26 +26,22 @@ from .launcher import (
 )
 from .quality_focal import EPS, mod_mode
 from .spec import VarifocalSpec
-from .tuning import launch_config
 
 _kernel = lazy_kernel('varifocal', 'varifocal_loss_kernel')
 
 
-class _Variant(Variant):
-    """Launch data of one variant (launcher.Variant): the constexpr arguments, block shape and
+class _Variant(RowsVariant):
+    """Launch data of one variant (launcher.RowsVariant): the constexpr arguments and the
     canonical strides of contiguous inputs, a function of the variant key alone."""
 
     def __init__(self, device_index, flags, backward_of_none, mod, has_af, wmode, C, dtype,
                  canonical, device):
         spec = VarifocalSpec.unpack(flags)
-        cfg = launch_config(C, dtype)
-        super().__init__(_kernel(), cfg, cfg['block_r'], device_index, device, spec,
-                         backward_of_none, check=None)
+        super().__init__(_kernel(), spec, C, dtype, device_index, device, backward_of_none,
+                         check=None)
         self.tail = (spec.iou_weighted, wmode, mod, has_af, backward_of_none, self.write_loss,
-                     self.reduce, self.write_grad, C % cfg['block_c'] == 0, cfg['block_r'],
-                     cfg['block_c'], 1024, bool(cfg['fast_math']) and device_index >= 0)
-        self.sx = (C, 1)  # canonical strides of contiguous pred, target and upstream
-        self.su = self.sx if backward_of_none else (0, 0)
+                     self.reduce, self.write_grad, *self.block_args)
+        self.su = self.sx if backward_of_none else (0, 0)  # (sx: of pred, target, upstream)
 
     def args(self, ptrs, call):
         X, T, W, UP, LOSS, GRAD, OUT, PARTIAL, COUNTER, AF = ptrs
