@@ -41,7 +41,9 @@ MUTATIONS = {
     # float64 inputs computed in float32
     'float64-in-float32': [(P + f'ops/torch_{m}.py', 'cdt = torch.float64 if pred2.dtype == '
                             'torch.float64 else torch.float32', 'cdt = torch.float32')
-                           for m in TORCH_PATHS],
+                           for m in TORCH_PATHS] + [
+        (P + 'ops/torch_gaussian_focal.py', 'cdt = torch.float64 if pred.dtype == torch.float64 '
+         'else torch.float32', 'cdt = torch.float32')],
     # fp16 / bf16 results 1e-3 off
     'half-precision-1e-3-off': [(P + 'ops/torch_common.py', '    den = None if avg_factor is None',
                                  '    if pred_dtype in (torch.float16, torch.bfloat16):\n'
@@ -52,7 +54,22 @@ MUTATIONS = {
         (P + 'ops/torch_focal.py', '(dx * scale * upstream.to(dx.dtype))', '(dx * scale)'),
         (P + 'ops/torch_quality_focal.py', '(dx * scale * upstream.to(cdt)[:, None])',
          '(dx * scale)'),
-        (P + 'ops/torch_varifocal.py', '(dx * scale * upstream.to(cdt))', '(dx * scale)')],
+        (P + 'ops/torch_varifocal.py', '(dx * scale * upstream.to(cdt))', '(dx * scale)'),
+        (P + 'ops/torch_gaussian_focal.py', '(dp * scale * upstream.to(cdt))', '(dp * scale)')],
+    # GaussianFocalLoss: with gamma = 0, mmdet's negative term at t == 1 left out (Triton and
+    # PyTorch paths)
+    'gaussian-gamma0-term-dropped': [
+        (P + 'ops/torch_gaussian_focal.py', 'if gamma == 0 and not neg_only and neg_weight != 0:',
+         'if False:'),
+        (P + 'kernels/gaussian_focal.py', '    if GAMMA_MODE == 0:\n        if not NEG_ONLY:',
+         '    if GAMMA_MODE == 0:\n        if False:')],
+    # GaussianFocalLoss's pos_inds form: repeated positives overwrite instead of adding up
+    'gaussian-positives-overwrite': [
+        (P + 'ops/torch_gaussian_focal.py', 'accumulate=True', 'accumulate=False'),
+        (P + 'ops/gaussian_focal.py', 'accumulate=True', 'accumulate=False')],
+    # GaussianFocalLoss's pos_inds form: 'mean' divides the positives' sum by N * C
+    'gaussian-positives-mean-over-all': [
+        (P + 'functional.py', 'pos_factor * numel / npos if npos', 'pos_factor if npos')],
     'none': [],  # the clean copy: must pass
 }
 EXCLUDE = ['tests/test_tools.py', 'tests/test_benchmark.py', 'tests/test_wheel.py',
