@@ -105,15 +105,8 @@ def compile_family(quick, smoke, arch) -> int:
         for (kname, shape), fast in itertools.product(shapes, (True, False)):
             if (quick or smoke) and kname == 'masked' and not fast:
                 continue
-            try:
-                compile_one(fn, ptrs, floats, dict(consts, FAST_MATH=fast, **shape), arch)
-                info = 'ok'
-            except Exception as e:  # noqa: BLE001
-                fails += 1
-                info = f'FAILED {type(e).__name__}: {str(e)[-600:]}'
-            short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
-            print(f'{kernel} {kname}{"-fast" if fast else ""} {dtype} {short}: {info}',
-                  flush=True)
+            fails += try_compile(f'{kernel} {kname}{"-fast" if fast else ""} {dtype}', fn, ptrs,
+                                 floats, consts, dict(FAST_MATH=fast, **shape), arch)
     return fails
 
 
@@ -155,14 +148,8 @@ def compile_gaussian(quick, smoke, arch) -> int:
                     GRAD=f'*{dtype}', OUT='*fp32', PARTIAL='*fp32', COUNTER='*i32',
                     FLAG='*i32', AF='*fp32', ROWS='*i64', LABELS='*i64', IDX='*i64',
                     PG=f'*{dtype}')
-        try:
-            compile_one(getattr(G, kernel), ptrs, floats, consts, arch)
-            info = 'ok'
-        except Exception as e:  # noqa: BLE001
-            fails += 1
-            info = f'FAILED {type(e).__name__}: {str(e)[-600:]}'
-        short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
-        print(f'{kernel} {dtype} {short}: {info}', flush=True)
+        fails += try_compile(f'{kernel} {dtype}', getattr(G, kernel), ptrs, floats, consts, {},
+                             arch)
     return fails
 
 
@@ -183,6 +170,19 @@ def variants(quick=False, smoke=False):
                     WRITE_LOSS=red_mode == 'loss', REDUCE=red_mode.startswith('partial'),
                     WRITE_GRAD=red_mode in ('partial+grad', 'upstream'),
                     CHECK=index or activated, BLOCK_P=1024)
+
+
+def try_compile(label, fn, ptrs, floats, consts, extra, arch) -> int:
+    """Compile one variant (`consts` plus `extra` constexprs); print `label`, the variant's
+    flags and 'ok' or the error; return 1 on failure, else 0."""
+    try:
+        compile_one(fn, ptrs, floats, dict(consts, **extra), arch)
+        info, failed = 'ok', 0
+    except Exception as e:  # noqa: BLE001
+        info, failed = f'FAILED {type(e).__name__}: {str(e)[-600:]}', 1
+    short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
+    print(f'{label} {short}: {info}', flush=True)
+    return failed
 
 
 def compile_one(fn, ptr_types, scalar_types, consts, arch):
@@ -325,14 +325,7 @@ def main(argv=None):
             if (args.quick or args.smoke) and kname == 'masked' and consts['WEIGHT_MODE'] != 1:
                 continue
             kname = f'{kname}{"-fast" if fast else ""}'
-            try:
-                compile_one(fn, ptrs, floats, dict(consts, **extra), args.arch)
-                info = 'ok'
-            except Exception as e:  # noqa: BLE001
-                fails += 1
-                info = f'FAILED {type(e).__name__}: {str(e)[-600:]}'
-            short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
-            print(f'{kname} {dtype} {short}: {info}', flush=True)
+            fails += try_compile(f'{kname} {dtype}', fn, ptrs, floats, consts, extra, args.arch)
     fails += compile_family(args.quick, args.smoke, args.arch)
     fails += compile_gaussian(args.quick, args.smoke, args.arch)
     for name, fn, ptrs, consts in [
