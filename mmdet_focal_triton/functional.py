@@ -81,6 +81,32 @@ def _out_dtype(pred: Tensor, weight: Tensor | None, avg_factor, reduction: str) 
     return dt
 
 
+def _avg_factor(avg_factor, reduction: str, pred: Tensor):
+    """(tensor on pred's device or None, number or None) of an avg_factor, checked as mmdet's
+    weight_reduce_loss uses it."""
+    if avg_factor is None:
+        return None, None
+    if isinstance(avg_factor, Tensor):
+        if avg_factor.numel() != 1 or avg_factor.dim() > 1:
+            raise ValueError('avg_factor must be a number or a one-element tensor of shape () '
+                             f'or (1,), got shape {tuple(avg_factor.shape)}')
+        if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
+            raise TypeError(f'avg_factor must be real, got dtype {avg_factor.dtype}')
+        af = avg_factor.detach() if avg_factor.requires_grad else avg_factor
+        if af.get_device() != pred.get_device() or af.is_cuda != pred.is_cuda:
+            af = af.to(pred.device, non_blocking=True)
+        value = None
+    elif type(avg_factor) is float or (isinstance(avg_factor, numbers.Real)
+                                       and not isinstance(avg_factor, bool)):
+        af, value = None, float(avg_factor)
+    else:
+        raise TypeError('avg_factor must be None, a number or a one-element tensor, got '
+                        f'{type(avg_factor).__name__}')
+    if reduction == 'sum':
+        raise ValueError('avg_factor can not be used with reduction="sum"')
+    return af, value
+
+
 def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None,
                        gamma: float = 2.0, alpha: float = 0.25, reduction: str = 'mean',
                        avg_factor: None | float | int | Tensor = None, *,
@@ -162,68 +188,17 @@ def sigmoid_focal_loss(pred: Tensor, target: Tensor, weight: Tensor | None = Non
         raise ValueError('weight must not require grad: the fused focal loss differentiates '
                          'with respect to pred only')
 
-    af_tensor = None
-    af_value = None
-    if avg_factor is not None:
-        if isinstance(avg_factor, Tensor):
-            if avg_factor.numel() != 1 or avg_factor.dim() > 1:
-                raise ValueError('avg_factor must be a number or a one-element tensor of shape () '
-                                 f'or (1,), got shape {tuple(avg_factor.shape)}')
-            if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
-                raise TypeError(f'avg_factor must be real, got dtype {avg_factor.dtype}')
-            af_tensor = avg_factor.detach() if avg_factor.requires_grad else avg_factor
-            if af_tensor.get_device() != pred.get_device() or af_tensor.is_cuda != pred.is_cuda:
-                af_tensor = af_tensor.to(pred.device, non_blocking=True)
-        elif type(avg_factor) is float or (isinstance(avg_factor, numbers.Real)
-                                           and not isinstance(avg_factor, bool)):
-            af_value = float(avg_factor)
-        else:
-            raise TypeError('avg_factor must be None, a number or a one-element tensor, got '
-                            f'{type(avg_factor).__name__}')
-        if reduction == 'sum':
-            raise ValueError('avg_factor can not be used with reduction="sum"')
-
-    red = REDUCTIONS[reduction]
-    numel = pred.numel()
-    scale = float(loss_weight)
-    if red == MEAN and af_tensor is None:
-        if af_value is not None:
-            scale = scale / (af_value + EPS)
-        else:
-            scale = scale / numel if numel else float('nan')
-    out_dtype = _out_dtype(pred, weight, af_tensor if red == MEAN else None, reduction)
+    red, af_tensor, scale = _reduction_and_scale(avg_factor, reduction, pred, loss_weight,
+                                                 pred.numel())
+    out_dtype = _out_dtype(pred, weight, af_tensor, reduction)
     write_grad = red != NONE and pred.requires_grad and torch.is_grad_enabled()
     check = checks._MODE != 'off' and (index_target or activated)
     flags = FocalSpec.flags(red, weight_mode, index_target, bool(activated), write_grad, check)
-    return focal_loss(pred, target, weight, af_tensor if red == MEAN else None, float(gamma),
-                      float(alpha), scale, flags, out_dtype)
+    return focal_loss(pred, target, weight, af_tensor, float(gamma), float(alpha), scale, flags,
+                      out_dtype)
 
 
 # ---- the rest of mmdet's focal family: QualityFocalLoss, VarifocalLoss ---------------------
-def _family_avg_factor(avg_factor, reduction: str, pred: Tensor):
-    """(tensor on pred's device or None, number or None) of an avg_factor, checked as mmdet's
-    weight_reduce_loss uses it."""
-    if avg_factor is None:
-        return None, None
-    if reduction == 'sum':
-        raise ValueError('avg_factor can not be used with reduction="sum"')
-    if isinstance(avg_factor, Tensor):
-        if avg_factor.numel() != 1 or avg_factor.dim() > 1:
-            raise ValueError('avg_factor must be a number or a one-element tensor of shape () '
-                             f'or (1,), got shape {tuple(avg_factor.shape)}')
-        if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
-            raise TypeError(f'avg_factor must be real, got dtype {avg_factor.dtype}')
-        af = avg_factor.detach() if avg_factor.requires_grad else avg_factor
-        if af.get_device() != pred.get_device() or af.is_cuda != pred.is_cuda:
-            af = af.to(pred.device, non_blocking=True)
-        return af, None
-    if type(avg_factor) is float or (isinstance(avg_factor, numbers.Real)
-                                     and not isinstance(avg_factor, bool)):
-        return None, float(avg_factor)
-    raise TypeError('avg_factor must be None, a number or a one-element tensor, got '
-                    f'{type(avg_factor).__name__}')
-
-
 _DTYPES: dict = {}
 
 
@@ -304,7 +279,7 @@ def _reduction_and_scale(avg_factor, reduction: str, pred: Tensor, loss_weight,
     """(the reduction's code, the avg_factor tensor a 'mean' divides by in the kernel (else
     None), the factor of the summed loss): loss_weight, divided for 'mean' by a number
     avg_factor + eps, or without avg_factor by `count` (the elements or rows averaged)."""
-    af_tensor, af_value = _family_avg_factor(avg_factor, reduction, pred)
+    af_tensor, af_value = _avg_factor(avg_factor, reduction, pred)
     red = REDUCTIONS[reduction]
     af_tensor = af_tensor if red == MEAN else None
     scale = float(loss_weight)

@@ -5,6 +5,7 @@ Each test prints its numbers (`-s`), one JSON line each, also appended to $GPU_V
 when set.
 """
 import json
+import math
 import os
 
 import pytest
@@ -183,16 +184,16 @@ def test_tensor_on_cuda1_while_cuda0_current(loss):
                     torch.cuda.get_device_properties(0).total_memory < 60 * 2 ** 30,
                     reason='needs a GPU with >= 60 GiB')
 def test_gaussian_more_than_2_pow_31_elements():
-    """A 2.15e9-element bf16 heatmap (132 x 80 x 448 x 452): GaussianFocalLoss's loss and
+    """A 2.16e9-element bf16 heatmap (132 x 80 x 448 x 456): GaussianFocalLoss's loss and
     gradient against float64 in chunks, the last elements' gradient written, determinism of two
     calls."""
     from reference_family import reference_gaussian_focal_loss
 
     from mmdet_focal_triton import gaussian_focal_loss
 
-    shape = (132, 80, 448, 452)
-    n = 132 * 80 * 448 * 452
-    assert n > 2 ** 31
+    shape = (132, 80, 448, 456)
+    n = math.prod(shape)
+    assert n > 2 ** 31  # (the first version's 448 x 452 fell 9.1e6 elements short)
     g = torch.Generator(device='cuda').manual_seed(13)
     pred = torch.rand(shape, generator=g, device='cuda', dtype=torch.bfloat16)
     pred = pred.clamp_(0.004, 0.996).requires_grad_(True)

@@ -26,6 +26,7 @@ import mmdet_focal_triton as mft
 from mmdet_focal_triton.ops import (
     autograd,
     focal,
+    fused_op,
     gaussian_focal,
     launcher,
     quality_focal,
@@ -60,7 +61,7 @@ class Recorder:
 
         monkeypatch.setattr(launcher.Kernel, 'launch', launch)
         monkeypatch.setattr(launcher.Kernel, 'run', run)
-        for mod in (*OPS, autograd):
+        for mod in (fused_op, autograd):  # where the ops ask which path a call takes
             monkeypatch.setattr(mod, 'use_triton', lambda t: True)
         self.outputs = []
         for mod in OPS:

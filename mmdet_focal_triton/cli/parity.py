@@ -45,8 +45,6 @@ def parse_args(argv=None):
                    help="parity config (default: --model's, by device); the loss types are read "
                         'from it')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
-    p.add_argument('--iters', type=int, default=None,
-                   help="training iterations per run (default: the config's parity.iters)")
     p.add_argument('--amp', choices=('none', 'fp16', 'bf16'), default='none',
                    help='mixed precision (mmengine AmpOptimWrapper); CUDA only')
     p.add_argument('--losses', choices=('both', 'ours', 'mmdet'), default='both',
@@ -56,21 +54,22 @@ def parse_args(argv=None):
                         "training (default: the config's parity.extra_amp on CUDA, none in the "
                         'shipped configs; e.g. --extra-amp bf16: ours under AMP bf16, which '
                         "mmcv's op cannot run)")
-    p.add_argument('--eval-interval', type=int, default=None,
-                   help="evaluate every so many iterations: the learning curve (default: the "
-                        "config's parity.eval_interval)")
-    p.add_argument('--target-map', type=float, default=None,
-                   help="bbox_mAP mmdet's own training must reach, or the run is a broken "
-                        "recipe (exit 3) (default: the config's parity.target_map)")
-    p.add_argument('--img-size', type=int, default=None,
-                   help='long side of the generated images, and the train/test Resize scale '
-                        "(N, N) (default: the config's parity.img_size and Resize scale)")
-    p.add_argument('--batch-size', type=int, default=None,
-                   help="training batch size (default: the config's)")
-    p.add_argument('--num-train', type=int, default=None,
-                   help="synthetic train images (default: the config's parity.num_train)")
-    p.add_argument('--num-val', type=int, default=None,
-                   help="synthetic val images (default: the config's parity.num_val)")
+    # what the config's `parity` dict sets, overridden
+    for flag, kind, what in (
+            ('--iters', int, "training iterations per run (default: the config's parity.iters)"),
+            ('--eval-interval', int, 'evaluate every so many iterations: the learning curve '
+                                     "(default: the config's parity.eval_interval)"),
+            ('--target-map', float, "bbox_mAP mmdet's own training must reach, or the run is a "
+                                    "broken recipe (exit 3) (default: the config's "
+                                    'parity.target_map)'),
+            ('--img-size', int, 'long side of the generated images, and the train/test '
+                                 "Resize scale (N, N) (default: the config's parity.img_size "
+                                 'and Resize scale)'),
+            ('--batch-size', int, "training batch size (default: the config's)"),
+            ('--num-train', int, "synthetic train images (default: the config's "
+                                 'parity.num_train)'),
+            ('--num-val', int, "synthetic val images (default: the config's parity.num_val)")):
+        p.add_argument(flag, type=kind, default=None, help=what)
     p.add_argument('--data-root', default=None,
                    help='use this COCO-layout dataset instead of generating the synthetic one '
                         '(the config must then match it: classes, ann files, prefixes)')
@@ -89,17 +88,15 @@ def parse_args(argv=None):
                         'on one level')
     tol = p.add_argument_group('tolerances (default: by device and precision, see '
                                'mmdet_focal_triton/parity/config.py)')
-    tol.add_argument('--check-rtol', type=float, default=None,
-                     help="every call of ours vs the float64 evaluation of mmdet's formula, "
-                          'loss and gradient (1e-5 fp32, 1e-2 AMP)')
-    tol.add_argument('--first-rtol', type=float, default=None,
-                     help='iteration 1 (same weights, same batch), loss_cls and loss_bbox '
-                          '(1e-5 fp32, 1e-2 AMP)')
-    tol.add_argument('--update-rtol', type=float, default=None,
-                     help='the first weight update (1e-4 fp32, 5e-2 AMP)')
-    tol.add_argument('--map-floor', type=float, default=None,
-                     help="final bbox_mAP of ours vs mmdet's: passes within max(floor, 3 x the "
-                          "spread of mmdet's own training, measured by the control) (0.02)")
+    for flag, what in (('--check-rtol', "every call of ours vs the float64 evaluation of "
+                                        "mmdet's formula, loss and gradient (1e-5 fp32, 1e-2 AMP)"),
+                       ('--first-rtol', 'iteration 1 (same weights, same batch), loss_cls and '
+                                        'loss_bbox (1e-5 fp32, 1e-2 AMP)'),
+                       ('--update-rtol', 'the first weight update (1e-4 fp32, 5e-2 AMP)'),
+                       ('--map-floor', "final bbox_mAP of ours vs mmdet's: passes within "
+                                       "max(floor, 3 x the spread of mmdet's own training, "
+                                       'measured by the control) (0.02)')):
+        tol.add_argument(flag, type=float, default=None, help=what)
     p.add_argument('--seed', type=int, default=0, help='training seed (init, sampler, augment)')
     p.add_argument('--data-seed', type=int, default=0, help='synthetic dataset seed')
     p.add_argument('--backend', choices=('auto', 'torch', 'triton'), default='auto',

@@ -101,6 +101,14 @@ def grad_scale(scale, AF, eps, HAS_AF: tl.constexpr, WRITE_GRAD: tl.constexpr):
 
 
 @triton.jit
+def program_start(scale, AF, eps, HAS_AF: tl.constexpr, WRITE_GRAD: tl.constexpr):
+    """What every program of a persistent grid starts with: its index (int64: offsets computed
+    from it do not overflow), the number of programs, and the gradient's factor (`grad_scale`)."""
+    return (tl.program_id(0).to(tl.int64), tl.num_programs(0),
+            grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD))
+
+
+@triton.jit
 def row_block(X, rb, R, C, stride_xr, BLOCK_R: tl.constexpr):
     """(rows, rmask, x_row, out_row) of row block `rb` (int64): its rows, which of them exist,
     the pointers to their logits, their offsets (rows * C) in the contiguous outputs."""

@@ -26,10 +26,10 @@ import triton.language as tl
 from .common import (
     LN2,
     LOG2E,
-    grad_scale,
     load_chunk,
     log1p_exp_neg,
     pow_gamma,
+    program_start,
     recip_1_2,
     reduce_in_last_program,
     report_bad_input,
@@ -130,9 +130,7 @@ def focal_loss_kernel(
 ):
     # class-index targets with logits: negatives-only inner loop + one positive per row
     HARD: tl.constexpr = INDEX_TARGET and not ACTIVATED
-    pid = tl.program_id(0).to(tl.int64)
-    nprog = tl.num_programs(0)
-    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
+    pid, nprog, gscale = program_start(scale, AF, eps, HAS_AF, WRITE_GRAD)
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
     # invalid-input flags: a scalar for the labels (one reduction per row block: a row-vector
     # carried across the loop instead cost 27 registers at C = 1203, and half the occupancy),
@@ -228,12 +226,9 @@ def focal_loss_flat_kernel(
     C,  # columns (classes)
     inv_C,  # 1 / C in fp32: row of an element within a block by one multiply (exact here)
     num_blocks,  # cdiv(R * C, BLOCK); the programs stride over them (persistent grid)
-    gamma, alpha,  # focal parameters
-    scale, eps,  # the loss's factor, avg_factor's epsilon (common.py)
-    INDEX_TARGET: tl.constexpr,  # targets are class indices in [0, C], C = background
-    ACTIVATED: tl.constexpr,  # X holds probabilities, not logits
-    WEIGHT_MODE: tl.constexpr,  # 0 none, 1 per row, 2 per element
-    GAMMA_MODE: tl.constexpr,  # 0: gamma == 0, 2: gamma == 2, 1: any
+    gamma, alpha, scale, eps,  # as in focal_loss_kernel
+    INDEX_TARGET: tl.constexpr, ACTIVATED: tl.constexpr,  # the loss's modes, as in
+    WEIGHT_MODE: tl.constexpr, GAMMA_MODE: tl.constexpr,  # focal_loss_kernel
     HAS_AF: tl.constexpr, UPSTREAM: tl.constexpr, WRITE_LOSS: tl.constexpr,  # what the call
     REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr, CHECK: tl.constexpr,  # computes (common.py)
     BLOCK: tl.constexpr,  # elements per block (a flat, aligned run of memory)
@@ -248,10 +243,8 @@ def focal_loss_flat_kernel(
     found by one fp32 multiply; a class-index element's target is `column == label`, and a
     positive is the negative formula at -x (one select each way)."""
     HARD: tl.constexpr = INDEX_TARGET and not ACTIVATED
-    pid = tl.program_id(0).to(tl.int64)
-    nprog = tl.num_programs(0)
+    pid, nprog, gscale = program_start(scale, AF, eps, HAS_AF, WRITE_GRAD)
     n = tl.cast(R, tl.int64) * C  # (R may be the constant 1)
-    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
     if CHECK:
         if INDEX_TARGET:  # the labels, once: a short loop over R, apart from the main loop
             bad = tl.zeros([], tl.int32)

@@ -24,7 +24,12 @@ at a positive, p = 1 at a negative; mmdet's eps gives 27.6 there); a term whose 
 import triton
 import triton.language as tl
 
-from .common import grad_scale, reduce_in_last_program, report_bad_input, store_flat
+from .common import (
+    program_start,
+    reduce_in_last_program,
+    report_bad_input,
+    store_flat,
+)
 
 
 @triton.jit
@@ -99,9 +104,7 @@ def gaussian_focal_loss_kernel(
     REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr, CHECK: tl.constexpr,  # computes (common.py)
     BLOCK: tl.constexpr, BLOCK_P: tl.constexpr,  # the block shape (common.py)
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    nprog = tl.num_programs(0)
-    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
+    pid, nprog, gscale = program_start(scale, AF, eps, HAS_AF, WRITE_GRAD)
     acc = tl.zeros([BLOCK], tl.float32)
     bad = tl.zeros([BLOCK], tl.int32)
     for b in range(pid, num_blocks, nprog):

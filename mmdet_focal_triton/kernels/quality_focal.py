@@ -28,9 +28,9 @@ import triton.language as tl
 
 from .common import (
     LN2,
-    grad_scale,
     load_chunk,
     log1p_exp_neg,
+    program_start,
     recip_1_2,
     reduce_in_last_program,
     report_bad_input,
@@ -124,9 +124,7 @@ def quality_focal_loss_kernel(
     EVEN_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # the block shape,
     BLOCK_P: tl.constexpr, FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp on the GPU (common.py)
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    nprog = tl.num_programs(0)
-    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
+    pid, nprog, gscale = program_start(scale, AF, eps, HAS_AF, WRITE_GRAD)
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
     bad_lab = tl.zeros([], tl.int32)  # labels: one reduction per row block (see focal.py)
     bad = tl.zeros([BLOCK_R, BLOCK_C], tl.int32)  # probabilities (activated inputs only)

@@ -17,7 +17,13 @@ alpha; where t > 0, d loss / dx = fw * (p - t).
 import triton
 import triton.language as tl
 
-from .common import grad_scale, load_chunk, reduce_in_last_program, row_block, store_tile
+from .common import (
+    load_chunk,
+    program_start,
+    reduce_in_last_program,
+    row_block,
+    store_tile,
+)
 from .quality_focal import _logit_terms, _modulate
 
 # Compile-time modes (chosen by ops/varifocal.py): MOD_MODE as in quality_focal.py (for gamma);
@@ -45,9 +51,7 @@ def varifocal_loss_kernel(
     EVEN_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,  # the block shape,
     BLOCK_P: tl.constexpr, FAST_MATH: tl.constexpr,  # MUFU lg2 / rcp on the GPU (common.py)
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    nprog = tl.num_programs(0)
-    gscale = grad_scale(scale, AF, eps, HAS_AF, WRITE_GRAD)  # of the gradient
+    pid, nprog, gscale = program_start(scale, AF, eps, HAS_AF, WRITE_GRAD)
     acc = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
     for rb in range(pid, num_row_blocks, nprog):
         rows, rmask, x_row, out_row = row_block(X, rb, R, C, stride_xr, BLOCK_R)  # int64

@@ -16,8 +16,14 @@ import torch
 from torch import Tensor
 
 from . import checks, torch_focal
-from .backend import use_triton
-from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
+from .fused_op import (
+    FusedLossOp,
+    as_rows,
+    elementwise_loss_shape,
+    new_outputs,
+    rows_of,
+    run_forward,
+)
 from .launcher import Variant, clear_on_retune, dtype_of, int_class, lazy_kernel, variant
 from .spec import WEIGHT_ELEM, WEIGHT_NONE, WEIGHT_ROW, FocalSpec
 from .tuning import FLAT_MAX_C, launch_config
@@ -119,27 +125,13 @@ def forward_impl(pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor
     """(loss, grad) for any pred shape: the reduced or elementwise loss (None when `upstream` is
     given: the backward of 'none'), and d loss / d pred (times `upstream`) or None."""
     spec = FocalSpec.unpack(flags)
-    R = pred.shape[0]
-    C = pred.numel() // R if R else pred.shape[1:].numel()
-    pred2 = pred if pred.dim() == 2 else pred.reshape(R, C)
-    tgt = target if spec.index_target or target.dim() == 2 else target.reshape(R, C)
-    w = weight if spec.weight_mode != WEIGHT_ELEM or weight.dim() == 2 else weight.reshape(R, C)
-    up = upstream if upstream is None or upstream.dim() == 2 else upstream.reshape(R, C)
-    loss_shape = elementwise_loss_shape(spec, pred, avg_factor)
-    if R * C == 0:  # empty input: no launch
-        return empty_result(pred, spec.reduction, spec.write_grad, scale, out_dtype,
-                            loss_shape, upstream)
-    if use_triton(pred):
-        device_index = pred.get_device()
-        checks.poll(device_index)  # earlier calls' input checks, if their kernels reported
-        loss, grad = _launch(pred2, tgt, w, avg_factor, up, gamma, alpha, scale, spec, flags,
-                             out_dtype, loss_shape, device_index)
-    else:
-        loss, grad = torch_focal.forward(pred2, tgt, w, avg_factor, up, gamma, alpha, scale,
-                                         spec, out_dtype, loss_shape)
-    if grad is not None and pred.dim() != 2:
-        grad = grad.view(pred.shape)
-    return loss, grad
+    R, C = rows_of(pred)
+    tgt = target if spec.index_target else as_rows(target, R, C)
+    w = as_rows(weight, R, C) if spec.weight_mode == WEIGHT_ELEM else weight
+    call = (as_rows(pred, R, C), tgt, w, avg_factor, as_rows(upstream, R, C), gamma, alpha, scale,
+            spec)
+    return run_forward(pred, spec, call, _launch, torch_focal.forward, flags, scale, out_dtype,
+                       elementwise_loss_shape(spec, pred, avg_factor), upstream)
 
 
 FORCE_OP = False  # tests: route eager calls through the registered op as well

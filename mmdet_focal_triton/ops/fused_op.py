@@ -18,11 +18,55 @@ this module makes:
 """
 import torch
 
+from . import checks
 from .autograd import backward, grad_buffer_dtype, stash
+from .backend import use_triton
 from .spec import NONE
 
 _functorch_active = torch._C._are_functorch_transforms_active
 _wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def triton_device(pred) -> int | None:
+    """The device index of a call that runs the Triton kernels, once what earlier calls' input
+    checks reported on that device is raised (a memory read); None: the PyTorch path."""
+    if not use_triton(pred):
+        return None
+    device_index = pred.get_device()
+    checks.poll(device_index)
+    return device_index
+
+
+def rows_of(pred) -> tuple:
+    """(R, C): pred seen as rows, its first dimension by the rest."""
+    R = pred.shape[0]
+    return R, (pred.numel() // R if R else pred.shape[1:].numel())
+
+
+def as_rows(t, R: int, C: int):
+    """`t` (pred's shape, or already (R, C)) viewed as (R, C); None stays None."""
+    return t if t is None or t.dim() == 2 else t.reshape(R, C)
+
+
+def run_forward(pred, spec, call: tuple, launch, torch_forward, flags: int, scale: float,
+                out_dtype, loss_shape, upstream):
+    """The dispatch every loss's `forward_impl` shares, given its inputs already shaped for the
+    kernel and its parameters as `call` (inputs, parameters, spec): no launch for an input
+    without elements (`empty_result`); the Triton path `launch(*call, flags, out_dtype,
+    loss_shape, device_index)`; the PyTorch path `torch_forward(*call, out_dtype, loss_shape)`;
+    the gradient in pred's shape."""
+    if pred.numel() == 0:
+        return empty_result(pred, spec.reduction, spec.write_grad, scale, out_dtype, loss_shape,
+                            upstream)
+    if use_triton(pred):  # (triton_device, inlined: this is every call's path)
+        device_index = pred.get_device()
+        checks.poll(device_index)  # earlier calls' input checks, if their kernels reported
+        loss, grad = launch(*call, flags, out_dtype, loss_shape, device_index)
+    else:
+        loss, grad = torch_forward(*call, out_dtype, loss_shape)
+    if grad is not None and pred.dim() != 2:  # computed on pred's (R, C) view
+        grad = grad.view(pred.shape)
+    return loss, grad
 
 
 def empty_result(pred, reduction: int, write_grad: bool, scale: float, out_dtype, loss_shape,

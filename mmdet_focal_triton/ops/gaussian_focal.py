@@ -18,8 +18,13 @@ import torch
 from torch import Tensor
 
 from . import checks, torch_gaussian_focal
-from .backend import use_triton
-from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
+from .fused_op import (
+    FusedLossOp,
+    elementwise_loss_shape,
+    empty_result,
+    new_outputs,
+    triton_device,
+)
 from .launcher import (
     Variant,
     clear_on_retune,
@@ -136,13 +141,12 @@ def forward_impl(pred: Tensor, target: Tensor, weight: Tensor | None, pos_inds: 
     t = target.contiguous()
     w = None if weight is None else weight.contiguous()
     up = None if upstream is None else upstream.contiguous()
-    if not use_triton(pred):
+    device_index = triton_device(pred)
+    if device_index is None:
         loss, grad = torch_gaussian_focal.forward(p, t, w, pos_inds, pos_labels, avg_factor,
                                                   up, alpha, gamma, pos_weight, neg_weight,
                                                   scale, spec, out_dtype, loss_shape)
     else:
-        device_index = pred.get_device()
-        checks.poll(device_index)  # earlier calls' input checks, if their kernels reported
         # the positives add to the sum in fp32: a float16 / bfloat16 result is rounded after
         kdt = (torch.float32 if pos_inds is not None and out_dtype.itemsize < 4
                else out_dtype)

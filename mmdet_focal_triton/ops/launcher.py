@@ -259,14 +259,27 @@ class Variant:
 
 class RowsVariant(Variant):
     """A `Variant` of a row-block kernel (quality focal, varifocal): its launch configuration
-    for (C, dtype), and `block_args`, the block-shape constexprs that end its argument list
-    (EVEN_C, BLOCK_R, BLOCK_C, BLOCK_P, FAST_MATH: kernels/common.py)."""
+    for (C, dtype), and `tail`, the compile-time arguments that end its argument list: the
+    loss's (`constexprs`), then the block shape (EVEN_C, BLOCK_R, BLOCK_C, BLOCK_P, FAST_MATH:
+    kernels/common.py). A loss sets `KERNEL` (its `lazy_kernel`) and `SPEC`; its variant key
+    is (device_index, flags, backward_of_none, check, C, dtype, canonical, *its constexprs).
+    check None: the kernel has no FLAG argument."""
 
-    def __init__(self, kernel: Kernel, spec, C: int, dtype, device_index: int, device,
-                 backward_of_none: bool, check: bool | None):
+    KERNEL = None  # the loss's lazy_kernel
+    SPEC = None  # the loss's spec class (spec.py)
+
+    def __init__(self, device_index: int, flags: int, backward_of_none: bool,
+                 check: bool | None, C: int, dtype, canonical: bool, *rest):
+        *consts, device = rest  # `variant()` appends the device to the key
+        spec = self.SPEC.unpack(flags)
         cfg = launch_config(C, dtype)
-        super().__init__(kernel, cfg, cfg['block_r'], device_index, device, spec,
+        super().__init__(self.KERNEL(), cfg, cfg['block_r'], device_index, device, spec,
                          backward_of_none, check=check)
-        self.block_args = (C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,
-                           bool(cfg['fast_math']) and device_index >= 0)
+        block_args = (C % cfg['block_c'] == 0, cfg['block_r'], cfg['block_c'], 1024,
+                      bool(cfg['fast_math']) and device_index >= 0)
         self.sx = (C, 1)  # canonical strides of a contiguous (R, C) tensor
+        self.tail = self.constexprs(spec, backward_of_none, check, *consts) + block_args
+
+    def constexprs(self, spec, backward_of_none: bool, check, *consts) -> tuple:
+        """The loss's own compile-time arguments, in its kernel's order."""
+        raise NotImplementedError  # pragma: no cover - abstract

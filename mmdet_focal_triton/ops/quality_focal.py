@@ -15,22 +15,13 @@ follow `ops/focal.py`: the Triton kernel (`kernels/quality_focal.py`, launched d
 import torch
 from torch import Tensor
 
-from . import checks, torch_quality_focal
-from .backend import use_triton
-from .fused_op import FusedLossOp, empty_result, new_outputs
-from .launcher import (
-    RowsVariant,
-    clear_on_retune,
-    dtype_of,
-    int_class,
-    lazy_kernel,
-    misaligned,
-    variant,
-)
+from . import checks, launcher, torch_quality_focal
+from .fused_op import FusedLossOp, new_outputs, run_forward
+from .launcher import dtype_of, int_class, misaligned, variant
 from .spec import NONE, QualityFocalSpec
 
 EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
-_kernel = lazy_kernel('quality_focal', 'quality_focal_loss_kernel')
+_kernel = launcher.lazy_kernel('quality_focal', 'quality_focal_loss_kernel')
 
 
 def mod_mode(expo: float) -> int:
@@ -38,19 +29,13 @@ def mod_mode(expo: float) -> int:
     return 0 if expo == 0.0 else 2 if expo == 2.0 else 1
 
 
-class _Variant(RowsVariant):
-    """Launch data of one variant (launcher.RowsVariant): the constexpr arguments and the
-    canonical strides of contiguous inputs, a function of the variant key alone."""
+class _Variant(launcher.RowsVariant):
+    KERNEL, SPEC = _kernel, QualityFocalSpec
 
-    def __init__(self, device_index, flags, check, backward_of_none, mod, has_af, C, dtype,
-                 canonical, device):
-        spec = QualityFocalSpec.unpack(flags)
-        super().__init__(_kernel(), spec, C, dtype, device_index, device, backward_of_none,
-                         check=check)
-        self.tail = (spec.index_target, spec.activated, spec.weighted, mod, has_af,
-                     backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
-                     *self.block_args)
-        self.st = (1, 0) if spec.index_target else self.sx  # (sx: of pred, dense targets)
+    def constexprs(self, spec, backward_of_none, check, mod, has_af):
+        self.st = (1, 0) if spec.index_target else self.sx  # of the targets (sx: of pred)
+        return (spec.index_target, spec.activated, spec.weighted, mod, has_af, backward_of_none,
+                self.write_loss, self.reduce, self.write_grad, check)
 
     def args(self, ptrs, call):
         X, T, S, W, UP, LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF = ptrs
@@ -59,7 +44,7 @@ class _Variant(RowsVariant):
                 COUNTER, FLAG, AF, R, C, num_row_blocks, beta, scale, EPS, *self.tail)
 
 
-_VARIANTS: dict = clear_on_retune({})
+_VARIANTS: dict = launcher.clear_on_retune({})
 
 
 def _launch(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor | None,
@@ -79,8 +64,8 @@ def _launch(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor 
     # the compiled kernel (launcher.py). Anything else takes Triton's JIT path.
     canonical = (pred2.is_contiguous() and target.is_contiguous() and ss in (0, 1)
                  and sw in (0, 1) and su in (0, 1))
-    vkey = (device_index, flags, check, backward_of_none, mod_mode(beta),
-            avg_factor is not None, C, pred2.dtype, canonical)
+    vkey = (device_index, flags, backward_of_none, check, C, pred2.dtype, canonical,
+            mod_mode(beta), avg_factor is not None)
     v = variant(_VARIANTS, vkey, _Variant, pred2.device)
     d = v.dummy_ptr
     ptrs = (pred2.data_ptr(), target.data_ptr(), d if score is None else score.data_ptr(),
@@ -113,18 +98,9 @@ def forward_impl(pred: Tensor, target: Tensor, score: Tensor | None, weight: Ten
     """(loss, grad) for (R, C) pred: the reduced or per-row loss (None when `upstream`, one value
     per row, is given: the backward of 'none'), and d loss / d pred (times `upstream`) or None."""
     spec = QualityFocalSpec.unpack(flags)
-    R, C = pred.shape
-    loss_shape = _loss_shape(spec, pred, avg_factor)
-    if R * C == 0:  # empty input: no launch
-        return empty_result(pred, spec.reduction, spec.write_grad, scale, out_dtype,
-                            loss_shape, upstream)
-    if use_triton(pred):
-        device_index = pred.get_device()
-        checks.poll(device_index)  # earlier calls' input checks, if their kernels reported
-        return _launch(pred, target, score, weight, avg_factor, upstream, beta, scale, spec,
-                       flags, out_dtype, loss_shape, device_index)
-    return torch_quality_focal.forward(pred, target, score, weight, avg_factor, upstream, beta,
-                                       scale, spec, out_dtype, loss_shape)
+    call = (pred, target, score, weight, avg_factor, upstream, beta, scale, spec)
+    return run_forward(pred, spec, call, _launch, torch_quality_focal.forward, flags, scale,
+                       out_dtype, _loss_shape(spec, pred, avg_factor), upstream)
 
 
 def _loss_shape(spec, pred, avg_factor) -> tuple:

@@ -12,36 +12,29 @@ PyTorch implementation (`torch_varifocal.py`); `fused_op.FusedLossOp` makes the 
 import torch
 from torch import Tensor
 
-from . import torch_varifocal
-from .backend import use_triton
-from .fused_op import FusedLossOp, elementwise_loss_shape, empty_result, new_outputs
-from .launcher import (
-    RowsVariant,
-    clear_on_retune,
-    dtype_of,
-    int_class,
-    lazy_kernel,
-    misaligned,
-    variant,
+from . import launcher, torch_varifocal
+from .fused_op import (
+    FusedLossOp,
+    as_rows,
+    elementwise_loss_shape,
+    new_outputs,
+    rows_of,
+    run_forward,
 )
+from .launcher import dtype_of, int_class, misaligned, variant
 from .quality_focal import EPS, mod_mode
 from .spec import VarifocalSpec
 
-_kernel = lazy_kernel('varifocal', 'varifocal_loss_kernel')
+_kernel = launcher.lazy_kernel('varifocal', 'varifocal_loss_kernel')
 
 
-class _Variant(RowsVariant):
-    """Launch data of one variant (launcher.RowsVariant): the constexpr arguments and the
-    canonical strides of contiguous inputs, a function of the variant key alone."""
+class _Variant(launcher.RowsVariant):
+    KERNEL, SPEC = _kernel, VarifocalSpec
 
-    def __init__(self, device_index, flags, backward_of_none, mod, has_af, wmode, C, dtype,
-                 canonical, device):
-        spec = VarifocalSpec.unpack(flags)
-        super().__init__(_kernel(), spec, C, dtype, device_index, device, backward_of_none,
-                         check=None)
-        self.tail = (spec.iou_weighted, wmode, mod, has_af, backward_of_none, self.write_loss,
-                     self.reduce, self.write_grad, *self.block_args)
-        self.su = self.sx if backward_of_none else (0, 0)  # (sx: of pred, target, upstream)
+    def constexprs(self, spec, backward_of_none, check, mod, has_af, wmode):
+        self.su = self.sx if backward_of_none else (0, 0)  # of upstream (sx: of pred, target)
+        return (spec.iou_weighted, wmode, mod, has_af, backward_of_none, self.write_loss,
+                self.reduce, self.write_grad)
 
     def args(self, ptrs, call):
         X, T, W, UP, LOSS, GRAD, OUT, PARTIAL, COUNTER, AF = ptrs
@@ -51,7 +44,7 @@ class _Variant(RowsVariant):
                 *self.tail)
 
 
-_VARIANTS: dict = clear_on_retune({})
+_VARIANTS: dict = launcher.clear_on_retune({})
 
 
 def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Tensor | None,
@@ -72,8 +65,8 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
     canonical = (pred2.is_contiguous() and target.is_contiguous()
                  and (upstream is None or upstream.is_contiguous())
                  and sw in ((0, 0), (1, 0), (0, 1), (C, 1)))
-    vkey = (device_index, flags, backward_of_none, mod_mode(gamma), avg_factor is not None,
-            wmode, C, pred2.dtype, canonical)
+    vkey = (device_index, flags, backward_of_none, None, C, pred2.dtype, canonical,
+            mod_mode(gamma), avg_factor is not None, wmode)
     v = variant(_VARIANTS, vkey, _Variant, pred2.device)
     d = v.dummy_ptr
     ptrs = (pred2.data_ptr(), target.data_ptr(), d if weight is None else weight.data_ptr(),
@@ -101,25 +94,11 @@ def forward_impl(pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor
     """(loss, grad) for any pred shape: the reduced or elementwise loss (None when `upstream` is
     given: the backward of 'none'), and d loss / d pred (times `upstream`) or None."""
     spec = VarifocalSpec.unpack(flags)
-    R = pred.shape[0]
-    C = pred.numel() // R if R else pred.shape[1:].numel()
-    pred2 = pred if pred.dim() == 2 else pred.reshape(R, C)
-    tgt = target if target.dim() == 2 else target.reshape(R, C)
-    w = weight if weight is None or weight.dim() == 2 else weight.reshape(R, C)
-    up = upstream if upstream is None or upstream.dim() == 2 else upstream.reshape(R, C)
-    loss_shape = elementwise_loss_shape(spec, pred, avg_factor)
-    if R * C == 0:  # empty input: no launch
-        return empty_result(pred, spec.reduction, spec.write_grad, scale, out_dtype,
-                            loss_shape, upstream)
-    if use_triton(pred):
-        loss, grad = _launch(pred2, tgt, w, avg_factor, up, alpha, gamma, scale, spec, flags,
-                             out_dtype, loss_shape, pred.get_device())
-    else:
-        loss, grad = torch_varifocal.forward(pred2, tgt, w, avg_factor, up, alpha, gamma, scale,
-                                             spec, out_dtype, loss_shape)
-    if grad is not None and pred.dim() != 2:
-        grad = grad.view(pred.shape)
-    return loss, grad
+    R, C = rows_of(pred)
+    call = (as_rows(pred, R, C), as_rows(target, R, C), as_rows(weight, R, C), avg_factor,
+            as_rows(upstream, R, C), alpha, gamma, scale, spec)
+    return run_forward(pred, spec, call, _launch, torch_varifocal.forward, flags, scale, out_dtype,
+                       elementwise_loss_shape(spec, pred, avg_factor), upstream)
 
 
 FORCE_OP = False  # tests: route eager calls through the registered op as well

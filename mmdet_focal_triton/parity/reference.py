@@ -43,8 +43,13 @@ EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss: sum / (avg_f
 REDUCTIONS = ('none', 'mean', 'sum')
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _LossParams:
-    """``from_module`` / ``from_config`` for the frozen dataclasses of constructor arguments."""
+    """The constructor arguments that every loss of the family has, and ``from_module`` /
+    ``from_config`` for the frozen dataclasses of each loss's arguments (keywords only)."""
+
+    reduction: str = 'mean'
+    loss_weight: float = 1.0
 
     @classmethod
     def from_module(cls, module):
@@ -59,29 +64,25 @@ class _LossParams:
         return cls(**{k: v for k, v in loss_cfg.items() if k in fields})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FocalLossParams(_LossParams):
     """The constructor arguments of mmdet's ``FocalLoss`` that define its result."""
 
     gamma: float = 2.0
     alpha: float = 0.25
-    reduction: str = 'mean'
-    loss_weight: float = 1.0
     activated: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class QualityFocalLossParams(_LossParams):
     """The constructor arguments of mmdet's ``QualityFocalLoss``."""
 
     use_sigmoid: bool = True
     beta: float = 2.0
-    reduction: str = 'mean'
-    loss_weight: float = 1.0
     activated: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class VarifocalLossParams(_LossParams):
     """The constructor arguments of mmdet's ``VarifocalLoss``."""
 
@@ -89,8 +90,6 @@ class VarifocalLossParams(_LossParams):
     alpha: float = 0.75
     gamma: float = 2.0
     iou_weighted: bool = True
-    reduction: str = 'mean'
-    loss_weight: float = 1.0
 
 
 def _reduction(params: FocalLossParams, reduction_override: str | None) -> str:

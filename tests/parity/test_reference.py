@@ -83,7 +83,8 @@ def test_params_from_config_and_module():
     p = FocalLossParams.from_config(dict(use_sigmoid=True, gamma=1.0, loss_weight=2.0))
     assert p == FocalLossParams(gamma=1.0, alpha=0.25, reduction='mean', loss_weight=2.0)
     m = FocalLoss(gamma=3.0, alpha=0.4, reduction='sum', loss_weight=0.5, activated=True)
-    assert FocalLossParams.from_module(m) == FocalLossParams(3.0, 0.4, 'sum', 0.5, True)
+    assert FocalLossParams.from_module(m) == FocalLossParams(
+        gamma=3.0, alpha=0.4, reduction='sum', loss_weight=0.5, activated=True)
     with pytest.raises(ValueError, match='reduction_override'):
         float64_focal_loss(torch.zeros(2, 3), torch.tensor([0, 3]), reduction_override='avg')
 

@@ -30,7 +30,8 @@ def stub(pkg: str) -> None:
     """Triton path on CPU tensors, launches that do nothing (a JIT launch stores a fake
     compiled entry under its key, so that later calls take the direct path as on a GPU)."""
     launcher = import_module(pkg + '.ops.launcher')
-    for m in ('focal', 'quality_focal', 'varifocal', 'autograd'):
+    # where a revision's ops ask which path a call takes (fused_op since the shared dispatch)
+    for m in ('focal', 'quality_focal', 'varifocal', 'autograd', 'fused_op'):
         import_module(f'{pkg}.ops.{m}').use_triton = lambda t: True
 
     def launch(self, key, grid, stream, args, options):
