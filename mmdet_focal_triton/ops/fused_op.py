@@ -58,12 +58,11 @@ def run_forward(pred, spec, call: tuple, launch, torch_forward, flags: int, scal
     if pred.numel() == 0:
         return empty_result(pred, spec.reduction, spec.write_grad, scale, out_dtype, loss_shape,
                             upstream)
-    if use_triton(pred):  # (triton_device, inlined: this is every call's path)
-        device_index = pred.get_device()
-        checks.poll(device_index)  # earlier calls' input checks, if their kernels reported
-        loss, grad = launch(*call, flags, out_dtype, loss_shape, device_index)
-    else:
+    device_index = triton_device(pred)
+    if device_index is None:
         loss, grad = torch_forward(*call, out_dtype, loss_shape)
+    else:
+        loss, grad = launch(*call, flags, out_dtype, loss_shape, device_index)
     if grad is not None and pred.dim() != 2:  # computed on pred's (R, C) view
         grad = grad.view(pred.shape)
     return loss, grad
