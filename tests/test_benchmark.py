@@ -476,7 +476,7 @@ def test_family_peers_compute_the_same_loss(loss, dtype):
 def test_gaussian_family_like_centernet():
     fam = get_family('gaussian')
     assert list(fam.impls) == ['ours', 'mmdet-py', 'compile']
-    assert fam.impls['ours'].kernels == ('gaussian_focal_loss_kernel', 'scale_kernel')
+    assert fam.impls['ours'].kernels == ('flat_loss_kernel', 'scale_kernel')
     assert fam.default_shapes() == [('centernet-b2', 2 * 128 * 128, 80),
                                     ('centernet-b16', 16 * 128 * 128, 80)]
     N, C = 1000, 80

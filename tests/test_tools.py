@@ -232,7 +232,7 @@ def test_cpu_host_probe_against_a_baseline(tmp_path):
                  '--calls', '5', '--rows', '64', timeout=300)
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
-    assert set(rows) == {'focal', 'qfl', 'vfl'}
+    assert set(rows) == {'focal', 'qfl', 'vfl', 'gaussian'}
     assert all(float(v) > 0 for row in rows.values() for v in row[1:])
 
 

@@ -1,12 +1,9 @@
-"""Triton kernel of the fused Gaussian focal loss (mmdet's `GaussianFocalLoss`: CenterNet,
-CenterNet-update, CornerNet, CentripetalNet).
+"""Triton element math of the fused Gaussian focal loss (mmdet's `GaussianFocalLoss`: CenterNet,
+CenterNet-update, CornerNet, CentripetalNet), and the kernel of its pos_inds form's positives.
 
-The loss has no class structure: a persistent grid of programs strides through the flattened
-heatmap in blocks of BLOCK elements (full-width vector accesses whatever the shape). As the
-other kernels: the gradient written in the forward, already multiplied by weight,
-normalisation and loss weight; the reduction finished in the same launch by the last program
-(`common.reduce_in_last_program`: fixed order, no float atomics); fp32 arithmetic, int64
-offsets; probabilities outside [0, 1] reported through the sticky flag (`ops/checks.py`).
+The loss has no class structure: its element function (`gaussian_focal_element`) runs in the
+family's elementwise skeleton (`flat.flat_loss_kernel`: persistent grid over the flattened
+heatmap, weight, gradient written in the forward, one-launch reduction, probability check).
 
 Math (mmdet 3.3.0 without its eps = 1e-12 inside the logs), p the probability, t the target:
     t == 1:  loss = pos_weight * -log(p) * (1 - p) ** alpha
@@ -24,12 +21,7 @@ at a positive, p = 1 at a negative; mmdet's eps gives 27.6 there); a term whose 
 import triton
 import triton.language as tl
 
-from .common import (
-    program_start,
-    reduce_in_last_program,
-    report_bad_input,
-    store_flat,
-)
+from .common import report_bad_input
 
 
 @triton.jit
@@ -58,15 +50,16 @@ def _f(s, c, alpha, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
-                           ALPHA_MODE: tl.constexpr, GAMMA_MODE: tl.constexpr,
-                           NEG_ONLY: tl.constexpr):
-    """(loss, d loss / dp) of probabilities p with Gaussian targets t (fp32). NEG_ONLY: the
-    negative term everywhere (the pos_inds form, whose positives are listed apart)."""
-    if NEG_ONLY:
-        pos = tl.full(p.shape, 0, tl.int1)
-    else:
-        pos = t == 1.0
+def gaussian_focal_element(p, t, params, MODES: tl.constexpr):
+    """`flat.flat_loss_kernel`'s ELEMENT: (loss, d loss / dp) of probabilities p with Gaussian
+    targets t (fp32). params: (alpha, gamma, pos_weight, neg_weight); MODES: (ALPHA_MODE,
+    GAMMA_MODE (`_pow`'s MODE of alpha and gamma), NEG_ONLY: the negative term everywhere, for
+    the pos_inds form whose positives are listed apart)."""
+    alpha, gamma, pos_weight, neg_weight = params
+    ALPHA_MODE: tl.constexpr = MODES[0]
+    GAMMA_MODE: tl.constexpr = MODES[1]
+    NEG_ONLY: tl.constexpr = MODES[2]
+    pos = (t == 1.0) & (not NEG_ONLY)
     f, df = _f(tl.where(pos, 1.0 - p, p), tl.where(pos, p, 1.0 - p), alpha, ALPHA_MODE)
     factor = tl.where(pos, pos_weight, neg_weight * _pow(1.0 - t, gamma, GAMMA_MODE))
     live = factor != 0.0
@@ -83,55 +76,6 @@ def gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
 
 
 @triton.jit
-def gaussian_focal_loss_kernel(
-    P,  # predicted probabilities, contiguous, n elements
-    T,  # Gaussian targets, contiguous, n elements, any real dtype
-    W,  # weights, contiguous, n elements, read only if WEIGHTED
-    UP,  # upstream gradient, contiguous, n elements, read only if UPSTREAM
-    LOSS, GRAD, OUT, PARTIAL, COUNTER, FLAG, AF,  # outputs, workspace, avg_factor (common.py)
-    n,  # elements
-    num_blocks,  # cdiv(n, BLOCK); the programs stride over them (persistent grid)
-    alpha,  # exponent of the modulating factor s (p at a negative, 1 - p at a positive)
-    gamma,  # exponent of the negatives' Gaussian factor (1 - t)
-    pos_weight,  # factor of the positives (t == 1)
-    neg_weight,  # factor of the negatives
-    scale, eps,  # the loss's factor, avg_factor's epsilon (common.py)
-    ALPHA_MODE: tl.constexpr,  # 0: alpha == 0, 2: alpha == 2, 4: alpha == 4, 1: any
-    GAMMA_MODE: tl.constexpr,  # the same for gamma
-    NEG_ONLY: tl.constexpr,  # the pos_inds form: the negative term of every element
-    WEIGHTED: tl.constexpr,  # multiply the loss by W elementwise
-    HAS_AF: tl.constexpr, UPSTREAM: tl.constexpr, WRITE_LOSS: tl.constexpr,  # what the call
-    REDUCE: tl.constexpr, WRITE_GRAD: tl.constexpr, CHECK: tl.constexpr,  # computes (common.py)
-    BLOCK: tl.constexpr, BLOCK_P: tl.constexpr,  # the block shape (common.py)
-):
-    pid, nprog, gscale = program_start(scale, AF, eps, HAS_AF, WRITE_GRAD)
-    acc = tl.zeros([BLOCK], tl.float32)
-    bad = tl.zeros([BLOCK], tl.int32)
-    for b in range(pid, num_blocks, nprog):
-        offs = b * BLOCK + tl.arange(0, BLOCK)  # int64
-        mask = offs < n
-        p = tl.load(P + offs, mask=mask, other=0.5).to(tl.float32)
-        t = tl.load(T + offs, mask=mask, other=0).to(tl.float32)
-        loss, dp = gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
-                                          ALPHA_MODE, GAMMA_MODE, NEG_ONLY)
-        if CHECK:
-            bad = bad | (((p < 0.0) | (p > 1.0)) & mask).to(tl.int32)
-        if WEIGHTED:
-            w = tl.load(W + offs, mask=mask, other=0).to(tl.float32)
-            loss = loss * w
-            dp = dp * w
-        if REDUCE:
-            acc += tl.where(mask, loss, 0.0)
-        store_flat(LOSS, GRAD, UP, offs, mask, loss, dp, scale, gscale, WRITE_LOSS, WRITE_GRAD,
-                   UPSTREAM)
-    if CHECK:
-        report_bad_input(FLAG, tl.max(bad, axis=0) * 2, 0)
-    if REDUCE:
-        reduce_in_last_program(tl.sum(acc, axis=0), PARTIAL, COUNTER, OUT, AF, scale, eps,
-                               HAS_AF, BLOCK_P)
-
-
-@triton.jit
 def gaussian_positives_kernel(
     P,  # predicted probabilities, contiguous (N, C)
     ROWS,  # pos_inds (npos,): the rows of the positives, any integer dtype
@@ -141,16 +85,12 @@ def gaussian_positives_kernel(
     OUT,  # the reduced loss (one element): the positives' loss is added to it
     FLAG,  # int32 sticky invalid-input flag (CHECK)
     AF,  # avg_factor (one element), read only if HAS_AF
-    npos,  # number of positives
-    N,  # rows of P
-    C,  # columns of P
+    npos, N, C,  # number of positives; rows and columns of P
     alpha,  # exponent of the modulating factor (1 - p)
-    factor,  # pos_weight * scale: the positives' loss factor (before / (avg_factor + eps))
-    eps,  # added to avg_factor
-    ALPHA_MODE: tl.constexpr,  # as gaussian_focal_loss_kernel
-    HAS_AF: tl.constexpr,  # normalise by (avg_factor + eps)
-    WRITE_GRAD: tl.constexpr,  # store IDX and PG
-    CHECK: tl.constexpr,  # flag positives outside the (N, C) heatmap
+    factor, eps,  # pos_weight * scale: the positives' factor (before / (avg_factor + eps))
+    ALPHA_MODE: tl.constexpr,  # `_pow`'s MODE of alpha
+    HAS_AF: tl.constexpr, WRITE_GRAD: tl.constexpr,  # normalise by (avg_factor + eps); store
+    CHECK: tl.constexpr,  # IDX and PG; flag positives outside the (N, C) heatmap
     BLOCK: tl.constexpr,  # positives per step
 ):
     """The positives of the pos_inds form (CenterNet-update), one program, after the main
@@ -174,12 +114,11 @@ def gaussian_positives_kernel(
             bad = bad | (m & ~ok).to(tl.int32)
         idx = tl.where(ok, i * C + lab, 0)
         p = tl.load(P + idx, mask=ok, other=0.5).to(tl.float32)
-        loss, dp = gaussian_focal_element(p, tl.full(p.shape, 1.0, tl.float32), alpha, 0.0,
-                                          1.0, 0.0, ALPHA_MODE, 0, False)
-        acc += tl.where(ok, loss, 0.0)
+        f, df = _f(1.0 - p, p, alpha, ALPHA_MODE)  # the positive term, factor 1
+        acc += tl.where(ok, f, 0.0)
         if WRITE_GRAD:
             tl.store(IDX + k, idx, mask=m)
-            tl.store(PG + k, tl.where(ok, dp * norm, 0.0).to(PG.dtype.element_ty), mask=m)
+            tl.store(PG + k, tl.where(ok, -df * norm, 0.0).to(PG.dtype.element_ty), mask=m)
     if CHECK:
         report_bad_input(FLAG, tl.max(bad, axis=0), 0)  # C = 0: the positives' message
     total = tl.load(OUT).to(tl.float32) + tl.sum(acc, axis=0) * norm

@@ -26,9 +26,9 @@ from .fused_op import (
 )
 from .launcher import Variant, clear_on_retune, dtype_of, int_class, lazy_kernel, variant
 from .spec import WEIGHT_ELEM, WEIGHT_NONE, WEIGHT_ROW, FocalSpec
+from .torch_common import EPS
 from .tuning import FLAT_MAX_C, launch_config
 
-EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
 _KERNELS = {'rows': lazy_kernel('focal', 'focal_loss_kernel'),  # kernels/focal.py's, by layout
             'flat': lazy_kernel('focal', 'focal_loss_flat_kernel')}
 

@@ -63,7 +63,7 @@ def run_forward(pred, spec, call: tuple, launch, torch_forward, flags: int, scal
         loss, grad = torch_forward(*call, out_dtype, loss_shape)
     else:
         loss, grad = launch(*call, flags, out_dtype, loss_shape, device_index)
-    if grad is not None and pred.dim() != 2:  # computed on pred's (R, C) view
+    if grad is not None and grad.dim() != pred.dim():  # computed on an (R, C) view of pred
         grad = grad.view(pred.shape)
     return loss, grad
 

@@ -159,6 +159,12 @@ def misaligned(ptrs: tuple) -> int:
     return sum(1 << i for i, p in enumerate(ptrs) if p & 15)
 
 
+def exponent_mode(e: float, specials: tuple = (0.0, 2.0)) -> int:
+    """A kernel's compile-time mode of an exponent: its value where the kernel has a special
+    case for it (`specials`: 0 and 2, and 4 for the Gaussian focal loss), else 1 (any)."""
+    return int(e) if e in specials else 1
+
+
 def dtype_of(t):
     """A tensor argument's dtype in a launch key (None for none)."""
     return None if t is None else t.dtype

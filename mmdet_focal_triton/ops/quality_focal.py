@@ -17,16 +17,11 @@ from torch import Tensor
 
 from . import checks, launcher, torch_quality_focal
 from .fused_op import FusedLossOp, new_outputs, run_forward
-from .launcher import dtype_of, int_class, misaligned, variant
+from .launcher import dtype_of, exponent_mode, int_class, misaligned, variant
 from .spec import NONE, QualityFocalSpec
+from .torch_common import EPS
 
-EPS = float(torch.finfo(torch.float32).eps)  # mmdet's avg_factor epsilon
 _kernel = launcher.lazy_kernel('quality_focal', 'quality_focal_loss_kernel')
-
-
-def mod_mode(expo: float) -> int:
-    """The kernels' MOD_MODE for an exponent: 0 (== 0), 2 (== 2), 1 (any other)."""
-    return 0 if expo == 0.0 else 2 if expo == 2.0 else 1
 
 
 class _Variant(launcher.RowsVariant):
@@ -65,7 +60,7 @@ def _launch(pred2: Tensor, target: Tensor, score: Tensor | None, weight: Tensor 
     canonical = (pred2.is_contiguous() and target.is_contiguous() and ss in (0, 1)
                  and sw in (0, 1) and su in (0, 1))
     vkey = (device_index, flags, backward_of_none, check, C, pred2.dtype, canonical,
-            mod_mode(beta), avg_factor is not None)
+            exponent_mode(beta), avg_factor is not None)
     v = variant(_VARIANTS, vkey, _Variant, pred2.device)
     d = v.dummy_ptr
     ptrs = (pred2.data_ptr(), target.data_ptr(), d if score is None else score.data_ptr(),

@@ -21,9 +21,9 @@ from .fused_op import (
     rows_of,
     run_forward,
 )
-from .launcher import dtype_of, int_class, misaligned, variant
-from .quality_focal import EPS, mod_mode
+from .launcher import dtype_of, exponent_mode, int_class, misaligned, variant
 from .spec import VarifocalSpec
+from .torch_common import EPS
 
 _kernel = launcher.lazy_kernel('varifocal', 'varifocal_loss_kernel')
 
@@ -66,7 +66,7 @@ def _launch(pred2: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Te
                  and (upstream is None or upstream.is_contiguous())
                  and sw in ((0, 0), (1, 0), (0, 1), (C, 1)))
     vkey = (device_index, flags, backward_of_none, None, C, pred2.dtype, canonical,
-            mod_mode(gamma), avg_factor is not None, wmode)
+            exponent_mode(gamma), avg_factor is not None, wmode)
     v = variant(_VARIANTS, vkey, _Variant, pred2.device)
     d = v.dummy_ptr
     ptrs = (pred2.data_ptr(), target.data_ptr(), d if weight is None else weight.data_ptr(),

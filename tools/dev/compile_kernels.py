@@ -111,8 +111,10 @@ def compile_family(quick, smoke, arch) -> int:
 
 
 def gaussian_variants(quick=False, smoke=False):
-    """(kernel, dtype, constexprs) combinations of kernels/gaussian_focal.py's two kernels."""
-    main = 'gaussian_focal_loss_kernel'
+    """(kernel, dtype, constexprs) combinations of the Gaussian focal loss's two kernels: the
+    elementwise skeleton with its element function ('main': kernels/flat.py, modes by name) and
+    kernels/gaussian_focal.py's positives kernel."""
+    main = 'flat_loss_kernel'
     base = dict(ALPHA_MODE=2, GAMMA_MODE=4, NEG_ONLY=False, WEIGHTED=False, CHECK=True,
                 BLOCK=2048, **_modes('partial+grad'))
     pos = dict(ALPHA_MODE=2, HAS_AF=True, WRITE_GRAD=True, CHECK=True, BLOCK=128)
@@ -138,18 +140,23 @@ def gaussian_variants(quick=False, smoke=False):
 def compile_gaussian(quick, smoke, arch) -> int:
     """Compile the Gaussian focal kernels' variants; print one line each; return the number
     of failures."""
+    from mmdet_focal_triton.kernels import flat as F
     from mmdet_focal_triton.kernels import gaussian_focal as G
 
     fails = 0
-    floats = {k: 'fp32' for k in ('alpha', 'gamma', 'pos_weight', 'neg_weight', 'scale', 'eps',
-                                  'factor')}
+    floats = {k: 'fp32' for k in ('alpha', 'scale', 'eps', 'factor')}
+    floats['params'] = ('fp32',) * 4  # (alpha, gamma, pos_weight, neg_weight)
     for kernel, dtype, consts in gaussian_variants(quick, smoke):
         ptrs = dict(P=f'*{dtype}', T='*fp32', W='*fp32', UP=f'*{dtype}', LOSS='*fp32',
                     GRAD=f'*{dtype}', OUT='*fp32', PARTIAL='*fp32', COUNTER='*i32',
                     FLAG='*i32', AF='*fp32', ROWS='*i64', LABELS='*i64', IDX='*i64',
                     PG=f'*{dtype}')
-        fails += try_compile(f'{kernel} {dtype}', getattr(G, kernel), ptrs, floats, consts, {},
-                             arch)
+        fn = G.gaussian_positives_kernel
+        if kernel == 'flat_loss_kernel':  # the element's modes go in one tuple
+            fn = F.flat_loss_kernel
+            consts = dict(consts, ELEMENT=G.gaussian_focal_element, MODES=tuple(
+                consts.pop(k) for k in ('ALPHA_MODE', 'GAMMA_MODE', 'NEG_ONLY')))
+        fails += try_compile(f'{kernel} {dtype}', fn, ptrs, floats, consts, {}, arch)
     return fails
 
 
@@ -180,7 +187,8 @@ def try_compile(label, fn, ptrs, floats, consts, extra, arch) -> int:
         info, failed = 'ok', 0
     except Exception as e:  # noqa: BLE001
         info, failed = f'FAILED {type(e).__name__}: {str(e)[-600:]}', 1
-    short = ','.join(f'{k}={int(v)}' for k, v in consts.items())
+    short = ','.join(f'{k}={v if isinstance(v, tuple) else int(v)}' for k, v in consts.items()
+                     if not callable(v))
     print(f'{label} {short}: {info}', flush=True)
     return failed
 

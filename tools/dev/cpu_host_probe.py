@@ -4,8 +4,9 @@
 The Triton path is forced on CPU tensors and the kernel launches are replaced by no-ops
 (`launcher.Kernel.launch` / `.run`), so what is timed is exactly our Python and torch's autograd
 around the launches: the checks, the spec, the eager Function, the allocations, the launch
-preparation, the backward. Three modules (TritonFocalLoss, TritonQualityFocalLoss,
-TritonVarifocalLoss) at one RetinaNet-P7-sized level, against the same code of an older
+preparation, the backward. Four modules (TritonFocalLoss, TritonQualityFocalLoss,
+TritonVarifocalLoss at one RetinaNet-P7-sized level, TritonGaussianFocalLoss on a 2 x 80 x 32 x 32
+heatmap), against the same code of an older
 revision (`--baseline DIR` from tools/dev/make_baseline.sh) and the floor pattern (an
 autograd.Function with two allocations and no launch), in alternating blocks; the ratios are
 medians of per-pair ratios (the host drifts). The GPU host's driver calls are not in it: use
@@ -71,6 +72,10 @@ def steps_of(pkg, N: int, C: int) -> dict:
     tgt = torch.zeros(N, C)
     tgt[::100, 3] = 0.7
     fl, qfl, vfl = pkg.TritonFocalLoss(), pkg.TritonQualityFocalLoss(), pkg.TritonVarifocalLoss()
+    heat = torch.rand(2, 80, 32, 32, generator=g).requires_grad_(True)
+    heat_t = torch.rand(2, 80, 32, 32, generator=g) ** 4
+    heat_t[:, 3, 5, 5] = 1.0
+    gfl = pkg.TritonGaussianFocalLoss()
 
     def focal():
         pred.grad = None
@@ -84,10 +89,14 @@ def steps_of(pkg, N: int, C: int) -> dict:
         pred.grad = None
         vfl(pred, tgt, avg_factor=37.0).backward()
 
+    def gaussian():
+        heat.grad = None
+        gfl(heat, heat_t, avg_factor=af).backward()
+
     def floor():
         pred.grad = None
         Floor.apply(pred).backward()
-    return dict(focal=focal, qfl=quality_focal, vfl=varifocal, floor=floor)
+    return dict(focal=focal, qfl=quality_focal, vfl=varifocal, gaussian=gaussian, floor=floor)
 
 
 def main():
@@ -96,7 +105,7 @@ def main():
     ap.add_argument('--rows', type=int, default=1386)
     ap.add_argument('--pairs', type=int, default=31)
     ap.add_argument('--calls', type=int, default=100, help='calls per block')
-    ap.add_argument('--profile', choices=['focal', 'qfl', 'vfl'], help='cProfile of ours')
+    ap.add_argument('--profile', choices=['focal', 'qfl', 'vfl', 'gaussian'], help='cProfile of ours')
     args = ap.parse_args()
     import mmdet_focal_triton as new
 
@@ -110,7 +119,7 @@ def main():
         stub('mft_old')
         base = steps_of(mft_old, args.rows, 80)
     print(f"{'loss':6s} {'ours':>7s} {'base':>7s} {'floor':>7s}  ours/base  ours/floor")
-    for k in ('focal', 'qfl', 'vfl'):
+    for k in ('focal', 'qfl', 'vfl', 'gaussian'):
         impls = {'ours': ours[k], 'floor': ours['floor']}
         if base:
             impls['base'] = base[k]

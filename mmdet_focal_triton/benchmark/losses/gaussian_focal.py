@@ -20,7 +20,7 @@ from .common import fused_bytes as dense_bytes
 from .common import module_peers
 
 ALPHA, GAMMA = 2.0, 4.0
-OUR_KERNELS = ('gaussian_focal_loss_kernel', 'scale_kernel')
+OUR_KERNELS = ('flat_loss_kernel', 'scale_kernel')  # the family's elementwise kernel
 HW = 128 * 128  # CenterNet's 512 x 512 input at stride 4
 TARGET_DTYPE = torch.float32
 
