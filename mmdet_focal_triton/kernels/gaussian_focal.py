@@ -50,15 +50,12 @@ def _f(s, c, alpha, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def gaussian_focal_element(p, t, params, MODES: tl.constexpr):
+def gaussian_focal_element(p, t, alpha, gamma, pos_weight, neg_weight,
+                           ALPHA_MODE: tl.constexpr, GAMMA_MODE: tl.constexpr,
+                           NEG_ONLY: tl.constexpr):
     """`flat.flat_loss_kernel`'s ELEMENT: (loss, d loss / dp) of probabilities p with Gaussian
-    targets t (fp32). params: (alpha, gamma, pos_weight, neg_weight); MODES: (ALPHA_MODE,
-    GAMMA_MODE (`_pow`'s MODE of alpha and gamma), NEG_ONLY: the negative term everywhere, for
-    the pos_inds form whose positives are listed apart)."""
-    alpha, gamma, pos_weight, neg_weight = params
-    ALPHA_MODE: tl.constexpr = MODES[0]
-    GAMMA_MODE: tl.constexpr = MODES[1]
-    NEG_ONLY: tl.constexpr = MODES[2]
+    targets t (fp32). ALPHA_MODE / GAMMA_MODE: `_pow`'s MODE of alpha and gamma; NEG_ONLY: the
+    negative term everywhere (the pos_inds form, whose positives are listed apart)."""
     pos = (t == 1.0) & (not NEG_ONLY)
     f, df = _f(tl.where(pos, 1.0 - p, p), tl.where(pos, p, 1.0 - p), alpha, ALPHA_MODE)
     factor = tl.where(pos, pos_weight, neg_weight * _pow(1.0 - t, gamma, GAMMA_MODE))

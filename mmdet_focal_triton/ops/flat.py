@@ -2,8 +2,8 @@
 only its element function: `FlatVariant.of(element, spec)`, the launch class of one such loss
 (GaussianFocalLoss).
 
-A call passes its contiguous tensors, its float parameters (`params`, handed to the element
-function as one tuple) and its compile-time modes (`modes`, a tuple of ints and bools);
+A call passes its contiguous tensors, its float parameters (`params`, up to four) and its
+compile-time modes (`modes`, up to three ints or bools), handed to the element function in order;
 `run` returns (loss, grad) as every loss's `_launch` does (`fused_op.run_forward`).
 """
 import importlib
@@ -42,8 +42,9 @@ class FlatVariant(Variant):
         module, name = self.ELEMENT
         element = getattr(importlib.import_module(f'{__package__.rsplit(".", 1)[0]}.kernels.'
                                                   f'{module}'), name)
-        self.tail = (element, modes, spec.weighted, has_af, backward_of_none, self.write_loss,
-                     self.reduce, self.write_grad, check, self.BLOCK, 1024)
+        self.tail = (element, *modes, *(0,) * (3 - len(modes)), spec.weighted, has_af,
+                     backward_of_none, self.write_loss, self.reduce, self.write_grad, check,
+                     self.BLOCK, 1024)
 
     @classmethod
     def of(cls, element: tuple, spec) -> type:
@@ -55,14 +56,14 @@ class FlatVariant(Variant):
 
     def args(self, ptrs, call):
         n, num_blocks, params, scale = call
-        return (*ptrs, n, num_blocks, params, scale, EPS, *self.tail)
+        return (*ptrs, n, num_blocks, *params, scale, EPS, *self.tail)
 
     @classmethod
     def run(cls, pred, target, weight, avg_factor, upstream, params: tuple,
             modes: tuple, scale: float, spec, flags: int, out_dtype, loss_shape: tuple,
             device_index: int):
         """(loss, grad) of the loss on contiguous pred / target / weight / upstream (None where
-        absent)."""
+        absent); `params`: four floats (pad with 0.0)."""
         backward_of_none = upstream is not None
         vkey = (device_index, flags, backward_of_none, spec.check and checks._MODE != 'off',
                 modes, avg_factor is not None)

@@ -144,18 +144,18 @@ def compile_gaussian(quick, smoke, arch) -> int:
     from mmdet_focal_triton.kernels import gaussian_focal as G
 
     fails = 0
-    floats = {k: 'fp32' for k in ('alpha', 'scale', 'eps', 'factor')}
-    floats['params'] = ('fp32',) * 4  # (alpha, gamma, pos_weight, neg_weight)
+    floats = {k: 'fp32' for k in ('alpha', 'scale', 'eps', 'factor', 'P0', 'P1', 'P2', 'P3')}
     for kernel, dtype, consts in gaussian_variants(quick, smoke):
         ptrs = dict(P=f'*{dtype}', T='*fp32', W='*fp32', UP=f'*{dtype}', LOSS='*fp32',
                     GRAD=f'*{dtype}', OUT='*fp32', PARTIAL='*fp32', COUNTER='*i32',
                     FLAG='*i32', AF='*fp32', ROWS='*i64', LABELS='*i64', IDX='*i64',
                     PG=f'*{dtype}')
         fn = G.gaussian_positives_kernel
-        if kernel == 'flat_loss_kernel':  # the element's modes go in one tuple
+        if kernel == 'flat_loss_kernel':  # the element's modes in the skeleton's slots
             fn = F.flat_loss_kernel
-            consts = dict(consts, ELEMENT=G.gaussian_focal_element, MODES=tuple(
-                consts.pop(k) for k in ('ALPHA_MODE', 'GAMMA_MODE', 'NEG_ONLY')))
+            consts = dict(consts, ELEMENT=G.gaussian_focal_element, **{
+                f'MODE{i}': consts.pop(k) for i, k in enumerate(('ALPHA_MODE', 'GAMMA_MODE',
+                                                                 'NEG_ONLY'))})
         fails += try_compile(f'{kernel} {dtype}', fn, ptrs, floats, consts, {}, arch)
     return fails
 
@@ -187,8 +187,7 @@ def try_compile(label, fn, ptrs, floats, consts, extra, arch) -> int:
         info, failed = 'ok', 0
     except Exception as e:  # noqa: BLE001
         info, failed = f'FAILED {type(e).__name__}: {str(e)[-600:]}', 1
-    short = ','.join(f'{k}={v if isinstance(v, tuple) else int(v)}' for k, v in consts.items()
-                     if not callable(v))
+    short = ','.join(f'{k}={int(v)}' for k, v in consts.items() if not callable(v))
     print(f'{label} {short}: {info}', flush=True)
     return failed
 

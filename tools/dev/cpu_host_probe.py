@@ -105,7 +105,8 @@ def main():
     ap.add_argument('--rows', type=int, default=1386)
     ap.add_argument('--pairs', type=int, default=31)
     ap.add_argument('--calls', type=int, default=100, help='calls per block')
-    ap.add_argument('--profile', choices=['focal', 'qfl', 'vfl', 'gaussian'], help='cProfile of ours')
+    ap.add_argument('--profile', choices=['focal', 'qfl', 'vfl', 'gaussian'],
+                    help='cProfile of ours')
     args = ap.parse_args()
     import mmdet_focal_triton as new
 
