@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 
 # Rebuilt only when the install recipe or the package metadata changes.
 $(STAMP): tools/bootstrap.sh setup.cfg pyproject.toml
-	bash tools/bootstrap.sh $(VENV)
+	@bash tools/bootstrap.sh $(VENV)
 	@touch $@
 
 venv: $(STAMP)

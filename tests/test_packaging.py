@@ -167,3 +167,40 @@ def test_cuda_visible_devices_is_late_only_for_a_cuda_torch(monkeypatch):
     assert not environment.READ_EARLY['CUDA_VISIBLE_DEVICES']()
     monkeypatch.setattr(torch.version, 'cuda', '13.0')
     assert environment.READ_EARLY['CUDA_VISIBLE_DEVICES']()
+
+
+# ----------------------------------------------------------------------- tools/bootstrap.sh
+def _bootstrap_functions() -> str:
+    """bootstrap.sh's `log` and `run_logged`, as shell source."""
+    lines = (REPO / 'tools' / 'bootstrap.sh').read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith('run_logged() {'))
+    end = next(i for i in range(start, len(lines)) if lines[i] == '}')
+    return '\n'.join([next(ln for ln in lines if ln.startswith('log() {')),
+                      *lines[start:end + 1]])
+
+
+def test_bootstrap_logs_pip_output_and_shows_it_on_failure(tmp_path):
+    """Every pip call of the set-up writes to $VENV/bootstrap.log instead of the terminal (a
+    machine's pip configuration may add warnings to each); a failing call prints the end of its
+    output and the log's path, and stops the set-up."""
+    import subprocess
+
+    log = tmp_path / 'bootstrap.log'
+    script = (f'set -euo pipefail\nLOG={log}\n{_bootstrap_functions()}\n'
+              'run_logged sh -c "echo pip-noise; echo more-noise >&2"\n'
+              'echo after-ok\n'
+              'run_logged sh -c "echo the-error >&2; exit 3"\n'
+              'echo not-reached\n')
+    r = subprocess.run(['bash', '-c', script], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[0] == 'after-ok' and 'not-reached' not in r.stdout
+    assert 'pip-noise' not in r.stdout and 'failed: sh -c' in r.stdout and str(log) in r.stdout
+    assert 'the-error' in r.stderr
+    assert log.read_text().split() == ['pip-noise', 'more-noise', 'the-error']
+    # and every pip call of the script goes through it
+    text = (REPO / 'tools' / 'bootstrap.sh').read_text()
+    calls = [ln.strip() for ln in text.splitlines()
+             if ('"${PIP[@]}"' in ln or '-m pip ' in ln) and not ln.lstrip().startswith('#')
+             and not ln.startswith('PIP=')]
+    assert calls and all(c.startswith('run_logged ') or c.startswith('"$PY" -m pip wheel')
+                         for c in calls), calls

@@ -53,19 +53,36 @@ DEV_SPECS=('pytest>=8' 'pytest-timeout' 'pytest-xdist' 'matplotlib>=3.8' 'pycoco
 CONFIG_SPECS=('fairscale==0.4.13' 'scikit-image==0.26.0')
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+# The steps and pip's own output (and any warnings a machine's pip configuration adds to every
+# call) go to $LOG: the terminal gets a line to start, the mmcv build if there is one, and the
+# result. A failing step prints the end of its output and the log's path.
+step() { printf '== %s\n' "$*" >>"$LOG"; }
 
 if [ ! -x "$VENV/bin/python" ]; then
-    log "creating virtualenv $VENV with $($PYTHON -V 2>&1)"
     "$PYTHON" -m venv "$VENV"
+    made="new virtualenv $VENV ($($PYTHON -V 2>&1))"
+else
+    made="virtualenv $VENV"
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
+LOG="$VENV/bootstrap.log"
+: > "$LOG"
+log "$made: installing the pinned stack (torch, mmcv, mmengine, mmdet, test tools);" \
+    "pip's output in $LOG"
+run_logged() {
+    if ! "$@" >>"$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
+        log "failed: $* (full output: $LOG)"
+        exit 1
+    fi
+}
 
-log "build tools: $SETUPTOOLS_SPEC wheel"
-"${PIP[@]}" -q "$SETUPTOOLS_SPEC" wheel
+step "build tools: $SETUPTOOLS_SPEC wheel"
+run_logged "${PIP[@]}" -q "$SETUPTOOLS_SPEC" wheel
 
-log "torch: $TORCH_SPEC, $NUMPY_SPEC, $TRITON_SPEC"
-"${PIP[@]}" -q "$TORCH_SPEC" "$NUMPY_SPEC" "$TRITON_SPEC"
+step "torch: $TORCH_SPEC, $NUMPY_SPEC, $TRITON_SPEC"
+run_logged "${PIP[@]}" -q "$TORCH_SPEC" "$NUMPY_SPEC" "$TRITON_SPEC"
 
 # --- mmcv with ops, built once and cached -----------------------------------------------
 # CUDA ops only when both a CUDA toolkit (nvcc) and a CUDA build of torch are present: a machine
@@ -84,37 +101,37 @@ CACHE=${MMDET_FOCAL_TRITON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmdet-focal-tr
 WHEELDIR="$CACHE/wheels/mmcv-$MMCV_VERSION-$PYTAG-torch$TORCH_VER-$VARIANT"
 
 if "$PY" -c "import mmcv, mmcv._ext, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null; then
-    log "mmcv $MMCV_VERSION with ops already installed"
+    step "mmcv $MMCV_VERSION with ops already installed"
 else
     if ! ls "$WHEELDIR"/mmcv-*.whl >/dev/null 2>&1; then
         log "building mmcv $MMCV_VERSION ($VARIANT ops) from the sdist; once per machine, ~10 min on 2 cores"
         mkdir -p "$WHEELDIR"
         # --no-build-isolation: the build must see the venv's torch (in an isolated env it does
         # not, and silently skips the ops) and the venv's setuptools<82 (pkg_resources).
-        env MMCV_WITH_OPS=1 FORCE_CUDA="$MMCV_CUDA" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        run_logged env MMCV_WITH_OPS=1 FORCE_CUDA="$MMCV_CUDA" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
             "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps \
             --no-binary mmcv -w "$WHEELDIR.tmp" "mmcv==$MMCV_VERSION"
         mv "$WHEELDIR.tmp"/mmcv-*.whl "$WHEELDIR"/ && rm -rf "$WHEELDIR.tmp"
     else
-        log "reusing cached mmcv wheel from $WHEELDIR"
+        step "reusing cached mmcv wheel from $WHEELDIR"
     fi
     # --no-deps: mmcv's wheel asks for opencv-python, whose cv2 needs libGL.so.1, absent on
     # headless machines; its runtime deps are installed explicitly below, with the headless cv2.
-    "${PIP[@]}" -q --no-deps "$WHEELDIR"/mmcv-*.whl
+    run_logged "${PIP[@]}" -q --no-deps "$WHEELDIR"/mmcv-*.whl
 fi
 # mmcv 2.1.0 runtime requirements (requirements/runtime.txt), with opencv-python-headless in place
 # of opencv-python (same cv2 module, no GUI libraries needed).
-"${PIP[@]}" -q addict packaging Pillow pyyaml yapf opencv-python-headless
+run_logged "${PIP[@]}" -q addict packaging Pillow pyyaml yapf opencv-python-headless
 
-log "$MMENGINE_SPEC $MMDET_SPEC + dev tools"
-"${PIP[@]}" -q "$MMENGINE_SPEC" "$MMDET_SPEC" "${DEV_SPECS[@]}"
+step "$MMENGINE_SPEC $MMDET_SPEC + dev tools"
+run_logged "${PIP[@]}" -q "$MMENGINE_SPEC" "$MMDET_SPEC" "${DEV_SPECS[@]}"
 
-log "packages of mmdet configs: ${CONFIG_SPECS[*]}"
-"${PIP[@]}" -q --no-build-isolation "${CONFIG_SPECS[@]}" "$TORCH_SPEC" "$NUMPY_SPEC" \
+step "packages of mmdet configs: ${CONFIG_SPECS[*]}"
+run_logged "${PIP[@]}" -q --no-build-isolation "${CONFIG_SPECS[@]}" "$TORCH_SPEC" "$NUMPY_SPEC" \
     "$SETUPTOOLS_SPEC"
 
-log "this package (editable)"
-"${PIP[@]}" -q --no-build-isolation --no-deps -e .
+step "this package (editable)"
+run_logged "${PIP[@]}" -q --no-build-isolation --no-deps -e .
 
 "$PY" - <<'PY'
 import mmcv, mmdet, mmengine, torch, triton
