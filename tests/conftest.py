@@ -29,14 +29,54 @@ if torch is not None and os.environ.get('PYTEST_XDIST_WORKER') and not HAS_CUDA:
 INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
 
 
+def _list_interpreter_builtins_once():
+    """Triton 3.6's interpreter patches triton.language anew at every call of a @triton.jit
+    helper inside a kernel: inspect.getmembers of five namespaces, ~2 ms a call, ~30 % of an
+    interpreted kernel test on the CI machine. Which of their names are builtins never changes,
+    so they are listed once, here, where nothing is patched yet; every call then patches the
+    same attributes as Triton's own function would. A Triton without these internals is left
+    alone."""
+    import inspect
 
-# The test files that take longest on the 2-core CI machine (30-150 s each), longest first: they
-# run first, so that pytest-xdist's workers (pyproject.toml: a test file per worker, in collection
-# order) do not end with one of them running alone. The other files follow in their order.
-LONGEST_FIRST = ('parity/test_ddp_cpu_rtmdet.py', 'parity/test_ddp_cpu.py', 'test_wheel.py',
-                 'test_tools.py', 'parity/test_run.py', 'test_family_numbers.py',
-                 'parity/test_family_parity.py', 'test_mmdet_configs.py',
-                 'test_family_autograd.py')
+    try:
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    is_builtin = getattr(tl.core, 'is_builtin', None)
+    original = getattr(interpreter, '_patch_builtin', None)
+    patch_attr = getattr(interpreter, '_patch_attr', None)
+    if not (is_builtin and original and patch_attr):
+        return
+    packages = (tl, tl.tensor, tl.math, tl.core, getattr(tl.core, 'tensor_descriptor_base', None))
+    names = {pkg: [name for name, member in inspect.getmembers(pkg) if is_builtin(member)]
+             for pkg in packages if pkg is not None}
+
+    def patch_builtin(pkg, builder, scope):
+        if pkg not in names:
+            return original(pkg, builder, scope)
+        for name in names[pkg]:
+            member = getattr(pkg, name)
+            if is_builtin(member):
+                patch_attr(pkg, name, member, builder, scope)
+
+    patch_builtin.original, patch_builtin.names = original, names  # tests/test_conftest.py
+    interpreter._patch_builtin = patch_builtin
+
+
+if INTERPRETER:
+    _list_interpreter_builtins_once()
+
+
+
+# The test files that take longest on the 2-core CI machine (30-95 worker-seconds each on
+# 2026-12-05), longest first: they run first, so that pytest-xdist's workers (pyproject.toml: a
+# test file per worker, in collection order) do not end with one of them running alone. The
+# other files follow in their order.
+LONGEST_FIRST = ('parity/test_ddp_cpu.py', 'test_family_numbers.py',
+                 'parity/test_ddp_cpu_rtmdet.py', 'test_wheel.py', 'test_tools.py',
+                 'test_mmdet_configs.py',
+                 'parity/test_family_parity.py', 'parity/test_run.py', 'test_family_autograd.py')
 
 
 def _file_rank(item):

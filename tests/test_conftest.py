@@ -1,5 +1,6 @@
 """tests/conftest.py: tests marked `cuda` are deselected (and counted) without a GPU; nothing
-else is, whatever its parameters are called; the longest test files come first."""
+else is, whatever its parameters are called; the longest test files come first; the Triton
+interpreter's faster language patching patches what Triton's own does."""
 import conftest
 import pytest
 
@@ -48,3 +49,26 @@ def test_longest_files_first_each_keeping_its_order():
     assert [i.nodeid for i in items] == [
         'tests/test_tools.py::t1', 'tests/test_tools.py::t2', 'tests/parity/test_run.py::t1',
         'tests/test_a.py::t1', 'tests/test_a.py::t2']
+
+
+@pytest.mark.skipif(not conftest.INTERPRETER, reason='the Triton interpreter is not in use here')
+def test_interpreter_patches_the_same_builtins_as_triton():
+    """Each namespace listed once: a launch patches the same attributes, in the same order, as
+    Triton's own `_patch_builtin`; inside a launch (a @triton.jit helper's call), neither patches
+    anything more."""
+    from triton.runtime import interpreter
+
+    ours = interpreter._patch_builtin
+    assert getattr(ours, 'original', None) is not None  # the listing is in place
+    builder = interpreter.interpreter_builder
+    for pkg in ours.names:
+        changes = {}
+        for fn in (ours.original, ours):
+            scope = interpreter._LangPatchScope()
+            fn(pkg, builder, scope)
+            changes[fn] = [(id(obj), name) for obj, name, _ in scope._changes]
+            nested = interpreter._LangPatchScope()
+            fn(pkg, builder, nested)
+            assert not nested._changes, pkg
+            scope.restore()
+        assert changes[ours] and changes[ours] == changes[ours.original], pkg

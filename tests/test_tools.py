@@ -1,8 +1,9 @@
 """The command-line tools keep working: benchmark (tiny CPU runs through the Triton
 interpreter, wall and host mode, each loss family), the end-to-end benchmark (tiny CPU runs of
-each model), the tuning sweep (its CLI), and the sm_90 compile check of the kernels, which needs
-no GPU: it catches Triton compile errors that the interpreter, being Python, does not (a
-non-constexpr global, say)."""
+each model), the tuning sweep (its CLI), the host-cost probes, and the sm_90 compile check of
+the kernels, which needs no GPU: it catches Triton compile errors that the interpreter, being
+Python, does not (a non-constexpr global, say). The tools run in as few processes as their state
+allows: each process pays ~7 s on the CI machine to import torch and mmdet."""
 import csv
 import json
 import os
@@ -23,94 +24,80 @@ def run_tool(*args, env=None, timeout=600):
 TOOLS = ['tools/benchmark.py', 'tools/benchmark_e2e.py', 'tools/dev/sweep_tuning.py',
          'tools/dev/compile_kernels.py', 'tools/train.py', 'tools/parity.py',
          'tools/ddp_parity.py']
-# each tool run as `python TOOL --help` would run it (as __main__, its own directory first on
-# sys.path), one after the other in one interpreter: torch and mmdet are imported once, not 7
-# times (~3.5 s each on the 2-core CI machine)
-_HELP_DRIVER = """
+# Tools run as `python TOOL ARGS` would run them (as __main__, their own directory first on
+# sys.path), one after the other in one interpreter: torch and mmdet are imported once, not once
+# a tool (~7 s each on the 2-core CI machine). [(exit code, stdout, stderr)] of [[tool, *args]].
+_SCRIPTS_DRIVER = """
 import contextlib, io, json, os, runpy, sys
-results = {}
-for tool in sys.argv[1:]:
-    sys.argv = [tool, '--help']
-    sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))
+results = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv = list(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
     out, err = io.StringIO(), io.StringIO()
-    code = None
+    code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            runpy.run_path(tool, run_name='__main__')
+            runpy.run_path(argv[0], run_name='__main__')
         except SystemExit as e:
-            code = e.code
+            code = e.code or 0
     sys.path.pop(0)
-    results[tool] = (code, out.getvalue(), err.getvalue())
-print(json.dumps(results))
-"""
-
-
-@pytest.fixture(scope='module')
-def tools_help():
-    r = run_tool('-c', _HELP_DRIVER, *TOOLS)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.splitlines()[-1])
-
-
-@pytest.mark.parametrize('tool', TOOLS)
-def test_help(tool, tools_help):
-    code, out, err = tools_help[tool]
-    assert code == 0, err
-    assert 'usage' in out.lower()
-
-
-# A tool's main(argv) called several times in one interpreter (each call's stdout and stderr, and
-# its return value): what `python TOOL ARGS` does, with torch, mmdet and Triton imported once.
-_MAINS_DRIVER = """
-import contextlib, io, json, os, runpy, sys
-tool, argvs = sys.argv[1], json.loads(sys.argv[2])
-sys.argv = [tool]
-sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))
-main = runpy.run_path(tool, run_name='tool_under_test')['main']
-results = []
-for argv in argvs:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
     results.append((code, out.getvalue(), err.getvalue()))
 print(json.dumps(results))
 """
 
 
-def run_mains(tool, *argvs, env=None, timeout=600):
-    """[(return value, stdout, stderr)] of `tool`'s main(argv) for each argv, in one process."""
-    r = run_tool('-c', _MAINS_DRIVER, tool, json.dumps(argvs), env=env, timeout=timeout)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return json.loads(r.stdout.splitlines()[-1])
-
-
 FAMILY_LOSSES = ('qfl', 'vfl')
+E2E = ['--device', 'cpu', '--img', '64', '64', '--batch', '1', '--precision', 'fp32',
+       '--variants', 'mmdet', 'ours', 'zero', '--warmup', '1', '--steps', '1', '--rounds', '1']
 
 
 @pytest.fixture(scope='module')
-def benchmark_runs(tmp_path_factory):
-    """tools/benchmark.py's tiny CPU runs (ours through the Triton interpreter), in one process:
-    focal in wall mode, then in host mode appending to the same CSV; then --loss qfl / vfl in
-    wall then host mode, one tiny shape, one CSV per loss. ({run: (code, stdout, stderr)}, dir)"""
-    tmp = tmp_path_factory.mktemp('benchmark')
+def tool_runs(tmp_path_factory):
+    """In one process, with ours through the Triton interpreter:
+    - every tool's --help;
+    - tools/benchmark.py's tiny CPU runs: focal in wall mode, then in host mode appending to the
+      same CSV; then --loss qfl / vfl in wall then host mode, one tiny shape, one CSV per loss;
+    - tools/benchmark_e2e.py on RetinaNet and RTMDet-tiny ('e2e-r', 'e2e-t');
+    - tools/dev/host_probe.py --loss qfl --quick, and tools/dev/cpu_host_probe.py against a
+      copy of HEAD (last: it stubs the process's kernel launches).
+    Returns ({tool or run: (exit code, stdout, stderr)}, the output folder)."""
+    tmp = tmp_path_factory.mktemp('tools')
+    r = subprocess.run(['bash', 'tools/dev/make_baseline.sh', 'HEAD', str(tmp / 'base')],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    runs = {tool: [tool, '--help'] for tool in TOOLS}
     # two tiny shapes (the kernels' own tests cover the sizes; here the command line is tested)
-    argvs = {'focal': ['--device', 'cpu', '--quick', '--shapes', '40x5', '8x1203', '--out-dir',
-                       str(tmp / 'focal')],
-             # host mode appends to the same CSV
-             'focal-host': ['--device', 'cpu', '--quick', '--mode', 'host', '--impls', 'ours',
-                            'floor', 'zero', '--shapes', '50x3', '--out-dir', str(tmp / 'focal')]}
+    bench = ['tools/benchmark.py', '--device', 'cpu', '--quick']
+    runs['focal'] = bench + ['--shapes', '40x5', '8x1203', '--out-dir', str(tmp / 'focal')]
+    # host mode appends to the same CSV
+    runs['focal-host'] = bench + ['--mode', 'host', '--impls', 'ours', 'floor', 'zero',
+                                  '--shapes', '50x3', '--out-dir', str(tmp / 'focal')]
     for loss in FAMILY_LOSSES:
-        common = ['--loss', loss, '--device', 'cpu', '--quick', '--shapes', '40x5', '--out-dir',
-                  str(tmp / loss)]
-        argvs[loss] = common
-        argvs[f'{loss}-host'] = common + ['--mode', 'host', '--impls', 'ours', 'mmdet-py',
-                                          'floor']
-    results = run_mains('tools/benchmark.py', *argvs.values(), env={'TRITON_INTERPRET': '1'})
-    return dict(zip(argvs, results, strict=True)), tmp
+        runs[loss] = bench + ['--loss', loss, '--shapes', '40x5', '--out-dir', str(tmp / loss)]
+        runs[f'{loss}-host'] = runs[loss] + ['--mode', 'host', '--impls', 'ours', 'mmdet-py',
+                                             'floor']
+    runs['e2e-r'] = ['tools/benchmark_e2e.py', *E2E, '--out-dir', str(tmp / 'r')]
+    runs['e2e-t'] = ['tools/benchmark_e2e.py', '--model', 'rtmdet-tiny', *E2E, '--out-dir',
+                     str(tmp / 't')]
+    runs['host_probe'] = ['tools/dev/host_probe.py', '--loss', 'qfl', '--quick', '--dtypes',
+                          'fp32']
+    runs['cpu_host_probe'] = ['tools/dev/cpu_host_probe.py', '--baseline', str(tmp / 'base'),
+                              '--pairs', '2', '--calls', '5', '--rows', '64']
+    r = run_tool('-c', _SCRIPTS_DRIVER, json.dumps(list(runs.values())),
+                 env={'TRITON_INTERPRET': '1', 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return dict(zip(runs, json.loads(r.stdout.splitlines()[-1]), strict=True)), tmp
 
 
-def test_benchmark_tiny_cpu_run(benchmark_runs):
-    runs, tmp = benchmark_runs
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help(tool, tool_runs):
+    code, out, err = tool_runs[0][tool]
+    assert code == 0, err
+    assert 'usage' in out.lower()
+
+
+def test_benchmark_tiny_cpu_run(tool_runs):
+    runs, tmp = tool_runs
     (code, out, err), (code2, out2, err2) = runs['focal'], runs['focal-host']
     tmp_path = tmp / 'focal'
     assert code == 0, out[-2000:] + err[-2000:]
@@ -134,10 +121,10 @@ def test_benchmark_tiny_cpu_run(benchmark_runs):
 
 
 @pytest.mark.parametrize('loss', FAMILY_LOSSES)
-def test_benchmark_family_tiny_cpu_run(loss, benchmark_runs):
+def test_benchmark_family_tiny_cpu_run(loss, tool_runs):
     """--loss qfl / vfl in wall then host mode (ours, mmdet's module, the floor pattern in host
     mode)."""
-    runs, tmp = benchmark_runs
+    runs, tmp = tool_runs
     (code, out, err), (code2, out2, err2) = runs[loss], runs[f'{loss}-host']
     assert code == 0, out[-2000:] + err[-2000:]
     assert f'{loss} loss, wall mode' in out and 'Warning' not in out + err
@@ -154,16 +141,12 @@ def test_benchmark_family_tiny_cpu_run(loss, benchmark_runs):
     assert (d / f'{loss}_loss_host.png').exists()
 
 
-def test_benchmark_e2e_tiny_cpu_runs(tmp_path):
+def test_benchmark_e2e_tiny_cpu_runs(tool_runs):
     """The training-step benchmark end to end on a tiny image (the tool's logic; its numbers
     mean something only on the GPU): RetinaNet (the default), and RTMDet-tiny (--model
     rtmdet-tiny: QualityFocalLoss variants in its step)."""
-    common = ['--device', 'cpu', '--img', '64', '64', '--batch', '1', '--precision', 'fp32',
-              '--variants', 'mmdet', 'ours', 'zero', '--warmup', '1', '--steps', '1',
-              '--rounds', '1']
-    results = run_mains('tools/benchmark_e2e.py', common + ['--out-dir', str(tmp_path / 'r')],
-                        ['--model', 'rtmdet-tiny', *common, '--out-dir', str(tmp_path / 't')],
-                        env={'OMP_NUM_THREADS': '1'})
+    runs, tmp_path = tool_runs
+    results = [runs['e2e-r'], runs['e2e-t']]
     for (code, out, err), d, model, title in zip(
             results, ('r', 't'), ('retinanet', 'rtmdet-tiny'),
             ('RetinaNet R50-FPN 64x64', 'RTMDet-tiny 64x64 training step')):
@@ -224,29 +207,24 @@ def test_sass_instruction_count_of_fast_math(compiled_for_sm90):
     assert all(fast < 0.7 * slow for fast, slow in zip(counts['1'], counts['0'])), counts
 
 
-def test_cpu_host_probe_against_a_baseline(tmp_path):
+def test_cpu_host_probe_against_a_baseline(tool_runs):
     """tools/dev/cpu_host_probe.py times this checkout against an older copy made by
     make_baseline.sh (both loaded in one process, ops renamed): a row per loss with both."""
-    r = subprocess.run(['bash', 'tools/dev/make_baseline.sh', 'HEAD', str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    r = run_tool('tools/dev/cpu_host_probe.py', '--baseline', str(tmp_path), '--pairs', '2',
-                 '--calls', '5', '--rows', '64', timeout=300)
-    assert r.returncode == 0, r.stderr
-    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    code, out, err = tool_runs[0]['cpu_host_probe']
+    assert code == 0, out[-2000:] + err[-2000:]
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert set(rows) == {'focal', 'qfl', 'vfl', 'gaussian'}
     assert all(float(v) > 0 for row in rows.values() for v in row[1:])
 
 
-def test_host_probe_family_quick_has_every_column():
+def test_host_probe_family_quick_has_every_column(tool_runs):
     """tools/dev/host_probe.py --loss qfl --quick (CPU, interpreter): a row per tiny shape with
     ours, mmdet, the floor pattern and the native x.sigmoid().sum() bound, all timed."""
-    r = run_tool('tools/dev/host_probe.py', '--loss', 'qfl', '--quick', '--dtypes', 'fp32',
-                 env={'TRITON_INTERPRET': '1'}, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    lines = [ln.split() for ln in r.stdout.splitlines()]
+    code, out, err = tool_runs[0]['host_probe']
+    assert code == 0, out[-2000:] + err[-2000:]
+    lines = [ln.split() for ln in out.splitlines()]
     header = next(ln for ln in lines if ln[:1] == ['shape'])
     assert header[2:6] == ['ours', 'mmdet', 'floor', 'sigmoid'], header
     rows = [ln for ln in lines if ln[:1] and ln[0].startswith('tiny-')]
-    assert len(rows) == 2, r.stdout
+    assert len(rows) == 2, out
     assert all(float(v) > 0 for row in rows for v in row[2:7]), rows

@@ -7,8 +7,8 @@ one running the tests through a .pth file, and gets this package from the wheel 
 
 * the wheel holds the configs (``mmdet_focal_triton/.mim/configs``), the launcher of
   ``dist-train`` and the console script, and does not require torch;
-* every entry point answers ``--help``: ``mmdet-focal-triton`` and each of its commands,
-  ``python -m mmdet_focal_triton``;
+* every entry point answers ``--help``: each command of ``mmdet-focal-triton``, and
+  ``python -m mmdet_focal_triton``; the console script itself runs the parity run below;
 * every shipped config loads from the package (its ``_base_`` chain) with ours in its model
   config, or mmdet's in a parity config; such a parity config is swapped by
   ``train --triton-focal``'s config step and builds with ours;
@@ -17,6 +17,10 @@ one running the tests through a .pth file, and gets this package from the wheel 
 * 2 iterations of ``train --triton-focal`` and a tiny benchmark run on CPU; the command line
   that ``dist-train`` hands torchrun (the trainings through it: tests/parity/test_ddp_cpu.py,
   with the checkout's launcher).
+
+The parity run is a process of its own (the console script); everything else runs in one
+process of the fresh venv (each process there pays ~7 s to import torch and mmdet on the CI
+machine).
 """
 import csv
 import json
@@ -117,7 +121,26 @@ def test_wheel_ships_configs_launcher_and_console_script(wheel):
                 and 'extra ==' not in r], requires
 
 
-def test_every_entry_point_answers_help_and_configs_load(venv):
+@pytest.fixture(scope='module')
+def parity_run(venv, cache):
+    """The main job as an installed user starts it: the console script, 2 iterations."""
+    python, console, env, work, site = venv
+    out = work / 'parity'
+    # CUDA_VISIBLE_DEVICES unset: --device cpu sets it (restarting itself on a CUDA torch)
+    env = {k: v for k, v in env.items() if k != 'CUDA_VISIBLE_DEVICES'}
+    env['MMDET_FOCAL_TRITON_CACHE'] = str(cache)
+    proc = _run([console, 'parity', '--device', 'cpu', '--iters', '2', '--eval-interval', '2',
+                 '--img-size', '96', '--num-train', '4', '--num-val', '2', '--batch-size', '2',
+                 '--work-dir', out], work, env)
+    return proc, out
+
+
+@pytest.fixture(scope='module')
+def installed(venv, parity_run):
+    """One process of the fresh venv, outside the checkout (torch, mmdet and the package
+    imported once): every command's --help, the shipped configs, the train command's config
+    step, then 2 iterations of `train --triton-focal` on the parity run's dataset and a tiny
+    benchmark, on CPU (ours through the Triton interpreter). Returns (process, its results)."""
     python, console, env, work, site = venv
     script = textwrap.dedent(f'''
         import contextlib, io, json, os, runpy, subprocess, sys
@@ -130,6 +153,7 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
 
         register_all_modules()
         from mmdet_focal_triton.config_utils import FOCAL_FAMILY
+        argvs = json.loads(sys.argv[1])  # of the train and benchmark commands, run last
         FAMILY = {{*FOCAL_FAMILY, *FOCAL_FAMILY.values()}}  # mmdet's names and ours
         out = dict(package=mmdet_focal_triton.__file__, root=str(shipped_configs.config_root()),
                    help={{}}, built={{}})
@@ -193,11 +217,31 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
             sys.argv = ['mmdet_focal_triton', '--help']
             runpy.run_module('mmdet_focal_triton', run_name='__main__', alter_sys=True)
         out['python_m_help'] = buf.getvalue()
+        # train --triton-focal and a benchmark, their output on this process's stdout
+        out['train'] = cli.main(['train', *argvs['train']])
+        out['benchmark'] = cli.main(['benchmark', *argvs['benchmark']])
         print('RESULT ' + json.dumps(out))
     ''')
-    proc = _run([python, '-c', script], work, env)
+    data = json.loads((parity_run[1] / 'report.json').read_text())['settings']['data_root']
+    data = data.rstrip('/') + '/'
+    argvs = dict(
+        train=['mmdet_focal_triton::parity/retinanet_r18_fpn_synthetic_cpu.py', '--triton-focal',
+               '--cfg-options', f'train_dataloader.dataset.data_root={data}',
+               'train_dataloader.batch_size=2', f'val_dataloader.dataset.data_root={data}',
+               f'val_evaluator.ann_file={data}annotations/instances_val.json',
+               'train_cfg.max_iters=2', 'default_hooks.logger.interval=1', '--work-dir',
+               str(work / 'train')],
+        # one tiny shape (the default --quick shapes take ~15 s through the interpreter here)
+        benchmark=['--device', 'cpu', '--quick', '--impls', 'ours', '--shapes', '40x5',
+                   '--out-dir', str(work / 'bench')])
+    proc = _run([python, '-c', script, json.dumps(argvs)], work,
+                dict(env, CUDA_VISIBLE_DEVICES='', TRITON_INTERPRET='1'))
     assert proc.returncode == 0, _out(proc)
-    res = json.loads(proc.stdout.split('RESULT ', 1)[1])
+    return proc, json.loads(proc.stdout.rsplit('RESULT ', 1)[1])
+
+
+def test_every_entry_point_answers_help_and_configs_load(installed, venv):
+    res, site = installed[1], venv[4]
     # the package and its configs come from the wheel, not from the checkout
     assert Path(res['package']).is_relative_to(site), res['package']
     assert Path(res['root']) == site / 'mmdet_focal_triton' / '.mim' / 'configs'
@@ -222,23 +266,6 @@ def test_every_entry_point_answers_help_and_configs_load(venv):
     assert 'mmengine does not support to load mmdet_focal_triton config' in \
         res['pkg_prefix_error'], res.get('pkg_prefix_error')
     assert all(c in res['python_m_help'] for c in COMMANDS), res['python_m_help']
-    # the console script
-    proc = _run([console, '--help'], work, env)
-    assert proc.returncode == 0, _out(proc)
-    assert all(c in proc.stdout for c in COMMANDS), proc.stdout
-
-
-@pytest.fixture(scope='module')
-def parity_run(venv, cache):
-    python, console, env, work, site = venv
-    out = work / 'parity'
-    # CUDA_VISIBLE_DEVICES unset: --device cpu sets it (restarting itself on a CUDA torch)
-    env = {k: v for k, v in env.items() if k != 'CUDA_VISIBLE_DEVICES'}
-    env['MMDET_FOCAL_TRITON_CACHE'] = str(cache)
-    proc = _run([console, 'parity', '--device', 'cpu', '--iters', '2', '--eval-interval', '2',
-                 '--img-size', '96', '--num-train', '4', '--num-val', '2', '--batch-size', '2',
-                 '--work-dir', out], work, env)
-    return proc, out
 
 
 def test_parity_run_from_the_wheel(parity_run, venv):
@@ -258,28 +285,16 @@ def test_parity_run_from_the_wheel(parity_run, venv):
     assert not report['accuracy']['recipe_ok']
 
 
-def test_train_with_the_swap_and_benchmark_from_the_wheel(parity_run, venv):
-    python, console, env, work, site = venv
-    data = json.loads((parity_run[1] / 'report.json').read_text())['settings']['data_root']
-    data = data.rstrip('/') + '/'
-    options = ['mmdet_focal_triton::parity/retinanet_r18_fpn_synthetic_cpu.py', '--triton-focal',
-               '--cfg-options', f'train_dataloader.dataset.data_root={data}',
-               'train_dataloader.batch_size=2', f'val_dataloader.dataset.data_root={data}',
-               f'val_evaluator.ann_file={data}annotations/instances_val.json',
-               'train_cfg.max_iters=2', 'default_hooks.logger.interval=1']
-    run_dir = work / 'train'
-    proc = _run([python, '-m', 'mmdet_focal_triton', 'train', *options, '--work-dir', run_dir],
-                work, dict(env, CUDA_VISIBLE_DEVICES=''))
-    assert proc.returncode == 0, _out(proc)
+def test_train_with_the_swap_and_benchmark_from_the_wheel(installed, venv):
+    proc, res = installed
+    work = venv[3]
+    assert res['train'] == 0, _out(proc)
     assert '--triton-focal: 1 FocalLoss replaced by TritonFocalLoss' in \
         proc.stdout + proc.stderr, _out(proc)
-    log = next(run_dir.glob('*/*.log')).read_text()
+    log = next((work / 'train').glob('*/*.log')).read_text()
     assert 'Iter(train) [2/2]' in log and 'loss_cls' in log
-    bench = work / 'bench'
-    proc = _run([console, 'benchmark', '--device', 'cpu', '--quick', '--impls', 'ours',
-                 '--out-dir', bench], work, dict(env, TRITON_INTERPRET='1'))
-    assert proc.returncode == 0, _out(proc)
-    rows = list(csv.DictReader(open(bench / 'results.csv')))
+    assert res['benchmark'] == 0, _out(proc)
+    rows = list(csv.DictReader(open(work / 'bench' / 'results.csv')))
     assert rows and {r['impl'] for r in rows} == {'ours'}, rows
     assert all(r['status'] == 'ok' and float(r['ms']) > 0 for r in rows
                if r['mode'] == 'fwd_bwd'), rows

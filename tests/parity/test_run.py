@@ -1,8 +1,8 @@
 """run_parity / tools/parity.py both ways on short CPU runs: with the correct loss every check
 passes (through the command line, quietly) and, since 4 iterations teach a detector nothing, the
 run says so (a broken recipe, exit 3, never a pass); a slightly wrong loss of parity.faults
-fails it at once (each of them, without training: test_check.py). The verdict on trainings that
-learn: test_verdict.py."""
+fails it (each fault at the first call it touches, without training: test_check.py). The
+verdict on trainings that learn: test_verdict.py."""
 import json
 import math
 import os
@@ -106,26 +106,18 @@ def _short(tmp_path, **kw):
 
 
 def test_a_slightly_wrong_loss_fails_the_run(cache, tmp_path, one_torch_thread):
-    """A fault of parity.faults, chosen on the command line, reaches the run and fails it at
-    iteration 1 (exit 1). Every fault failing at the first call it touches is checked without
-    training, in test_check.py; the run is checked with one, 'background' (one level, the first
-    call, per iteration), and the same run without it passes its checks."""
-    report = _short(tmp_path, fault='background')
+    """A fault of parity.faults, chosen by the run's option, reaches the run and fails it twice
+    over, with both trainings: loss_weight x 1.001 fails the per-call check at iteration 1, on
+    every call (exit 1), and the training comparison (iteration 1 differs by 1e-3, 100x
+    first_rtol). Every fault failing at the first call it touches, without training:
+    test_check.py; the same run without a fault passing every check: the command line's run
+    above (test_correct_loss_report)."""
+    report = _short(tmp_path, fault='loss_weight', losses='both')
     assert report['status'] == 'fail' and report['exit_code'] == 1, report['reasons']
     cc = report['call_check']
     assert not cc['passed'] and cc['first_failure']['iteration'] == 1
+    assert cc['failed_calls'] == cc['calls'] == 5 * 2  # every level, two iterations
     assert report['reasons'][0].startswith('per-call check')
-    assert cc['failed_calls'] == 2  # one level, two iterations
-    # the same run without the fault passes its checks: the check is not trigger-happy
-    ok = _short(tmp_path)
-    assert ok['status'] == 'broken_recipe' and ok['call_check']['passed']
-    assert ok['call_check']['calls'] == cc['calls']
-
-
-def test_wrong_loss_also_fails_the_training_comparison(cache, tmp_path, one_torch_thread):
-    """loss_weight x 1.001 with both trainings: iteration 1 differs by 1e-3, 100x first_rtol."""
-    report = _short(tmp_path, fault='loss_weight', losses='both')
-    assert report['status'] == 'fail'
     assert report['comparison']['first_iter_rel_diff']['loss_cls'] == pytest.approx(1e-3,
                                                                                    rel=1e-2)
     assert any('loss_cls: iteration 1' in r for r in report['reasons'])

@@ -1,6 +1,7 @@
 """The verdict of a parity run on made-up trainings (no training): a run whose reference does
 not learn is a broken recipe, never a pass; a gap beyond the spread fails; equal runs pass; the
 control is trained when a gap exceeds the floor; a wrong loss fails whatever the accuracy."""
+import copy
 import json
 import math
 
@@ -9,12 +10,15 @@ import pytest
 pytest.importorskip('mmdet.models')
 pytest.importorskip('matplotlib')
 
+from mmengine.config import Config  # noqa: E402
+
 from mmdet_focal_triton.parity import compare, run  # noqa: E402
 from mmdet_focal_triton.parity import config as pcfg  # noqa: E402
 from mmdet_focal_triton.parity.report import check_rows, run_rows  # noqa: E402
 
 ITERS = 40
 EVERY = 10
+_FROMFILE = Config.fromfile
 
 
 def _call_check(passed=True):
@@ -36,11 +40,28 @@ def _call_check(passed=True):
                                    mmdet_grad_rel_err=[1e-5] * ITERS))
 
 
+_LOADED = {}
+
+
+def _fromfile_once(filename, *args, **kwargs):
+    """mmengine's Config.fromfile, each file parsed once per test session (a copy each call):
+    a run loads its config twice, ~0.4 s each on the CI machine."""
+    key = (str(filename), args, tuple(sorted(kwargs.items())))
+    if key not in _LOADED:
+        _LOADED[key] = _FROMFILE(filename, *args, **kwargs)
+    return copy.deepcopy(_LOADED[key])
+
+
 def fake_trainings(monkeypatch, maps: dict, iter_ms: dict | None = None, check_ok=True,
-                   first_cls: dict | None = None):
+                   first_cls: dict | None = None, plot=False):
     """Replace the training of each side by a record: final bbox_mAP ``maps[side]`` (reached
-    linearly over the curve), iterations of ``iter_ms[side]`` ms. Returns the sides trained."""
+    linearly over the curve), iterations of ``iter_ms[side]`` ms. Returns the sides trained.
+    ``plot=False``: curves.png is not drawn (matplotlib's ~1.5 s a figure on the CI machine;
+    the tests that draw it pass ``plot=True``)."""
     trained = []
+    if not plot:
+        monkeypatch.setattr(run, 'plot', lambda path, report: None)
+    monkeypatch.setattr(Config, 'fromfile', _fromfile_once)
 
     def fake_run_side(side, base_cfg, opts, tol, work_dir, init_state, console):
         trained.append(side)
@@ -80,7 +101,7 @@ def _parity(tmp_path, **kw):
 
 
 def test_equal_runs_pass(monkeypatch, tmp_path):
-    trained = fake_trainings(monkeypatch, dict(mmdet=0.42, ours=0.42))
+    trained = fake_trainings(monkeypatch, dict(mmdet=0.42, ours=0.42), plot=True)
     rep = _parity(tmp_path)
     assert rep['status'] == 'pass' and rep['exit_code'] == 0, rep['reasons']
     assert trained == ['mmdet', 'ours']  # the control is not needed within the floor
@@ -207,7 +228,8 @@ def fake_cuda(monkeypatch):
 def test_amp_runs_must_learn_no_worse_than_mmdet(monkeypatch, tmp_path, fake_cuda):
     """The GPU default trains ours under AMP bf16 too; it passes when its mAP is no worse than
     mmdet's fp32 one minus the band (higher is fine: the whole network computes in bf16)."""
-    trained = fake_trainings(monkeypatch, dict(mmdet=0.50, ours=0.51, ours_bf16=0.60))
+    trained = fake_trainings(monkeypatch, dict(mmdet=0.50, ours=0.51, ours_bf16=0.60),
+                             plot=True)
     rep = _parity(tmp_path, device='cuda', extra_amp=('bf16',), control='none')
     assert trained == ['mmdet', 'ours', 'ours_bf16'] and rep['status'] == 'pass', rep['reasons']
     assert rep['accuracy']['runs']['ours_bf16']['one_sided']
@@ -215,6 +237,7 @@ def test_amp_runs_must_learn_no_worse_than_mmdet(monkeypatch, tmp_path, fake_cud
     rows = {r[0]: r for r in check_rows(rep)}
     assert rows['bbox_mAP ours_bf16 - mmdet (no worse than)'][1:] == ('+0.100', '>= -0.02',
                                                                       'pass')
+    assert (tmp_path / 'work' / 'curves.png').stat().st_size > 20_000  # the AMP run's curve too
     fake_trainings(monkeypatch, dict(mmdet=0.50, ours=0.51, ours_bf16=0.44, control=0.49))
     rep = _parity(tmp_path, device='cuda', extra_amp=('bf16',))
     assert rep['status'] == 'fail' and rep['accuracy']['band'] == pytest.approx(0.03)
