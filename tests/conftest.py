@@ -29,13 +29,15 @@ if torch is not None and os.environ.get('PYTEST_XDIST_WORKER') and not HAS_CUDA:
 INTERPRETER = os.environ.get('TRITON_INTERPRET') == '1'
 
 
-def _list_interpreter_builtins_once():
+def _patch_interpreter_language_once():
     """Triton 3.6's interpreter patches triton.language anew at every call of a @triton.jit
-    helper inside a kernel: inspect.getmembers of five namespaces, ~2 ms a call, ~30 % of an
-    interpreted kernel test on the CI machine. Which of their names are builtins never changes,
-    so they are listed once, here, where nothing is patched yet; every call then patches the
-    same attributes as Triton's own function would. A Triton without these internals is left
-    alone."""
+    helper inside a kernel (inspect.getmembers of five namespaces and ~30 attributes set again,
+    never undone: ~30 % of an interpreted kernel test on the CI machine). Here:
+    - which names of those namespaces are builtins never changes: they are listed once, where
+      nothing is patched yet, and each patching sets the same attributes as Triton's own;
+    - a helper called inside a launch whose namespaces the launch has patched patches nothing.
+    A launch still patches and unpatches as Triton does (tests/test_conftest.py). A Triton
+    without these internals is left alone."""
     import inspect
 
     try:
@@ -63,9 +65,30 @@ def _list_interpreter_builtins_once():
     patch_builtin.original, patch_builtin.names = original, names  # tests/test_conftest.py
     interpreter._patch_builtin = patch_builtin
 
+    # Inside a launch, a helper whose namespaces the launch has patched needs nothing more:
+    # Triton's own call would set the same patches again and never undo them.
+    patch_lang = getattr(interpreter, '_patch_lang', None)
+    scope_type = getattr(interpreter, '_LangPatchScope', None)
+    if not (patch_lang and scope_type):
+        return
+
+    def patched(lang):
+        member = getattr(lang, names[lang][0], None) if names.get(lang) else None
+        return member is not None and not is_builtin(member)
+
+    def patch_lang_once(fn):
+        langs = [v for v in fn.__globals__.values()
+                 if inspect.ismodule(v) and any(v is lang for lang in (tl, tl.core))]
+        if langs and all(patched(lang) for lang in langs):
+            return scope_type()
+        return patch_lang(fn)
+
+    patch_lang_once.original = patch_lang  # tests/test_conftest.py
+    interpreter._patch_lang = patch_lang_once
+
 
 if INTERPRETER:
-    _list_interpreter_builtins_once()
+    _patch_interpreter_language_once()
 
 
 

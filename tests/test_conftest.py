@@ -72,3 +72,28 @@ def test_interpreter_patches_the_same_builtins_as_triton():
             assert not nested._changes, pkg
             scope.restore()
         assert changes[ours] and changes[ours] == changes[ours.original], pkg
+
+
+@pytest.mark.skipif(not conftest.INTERPRETER, reason='the Triton interpreter is not in use here')
+def test_interpreter_patches_the_language_once_a_launch():
+    """A launch patches triton.language as Triton does; a helper called inside it finds its
+    namespaces patched and adds nothing (Triton's own call would set the same patches again)."""
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    from mmdet_focal_triton.kernels import flat
+
+    ours = interpreter._patch_lang
+    assert getattr(ours, 'original', None) is not None  # the shortcut is in place
+    fn = flat.flat_loss_kernel.fn
+    launch = ours(fn)  # outside a launch: Triton's own patching
+    try:
+        assert launch._changes
+        assert not tl.core.is_builtin(tl.load) and not tl.core.is_builtin(tl.where)
+        assert not ours(fn)._changes  # inside it: nothing more
+    finally:
+        launch.restore()
+    assert tl.core.is_builtin(tl.load)  # undone with the launch
+    again = ours(fn)
+    assert again._changes  # and the next launch patches again
+    again.restore()
