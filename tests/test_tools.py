@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def run_tool(*args, env=None, timeout=600):
 
 TOOLS = ['tools/benchmark.py', 'tools/benchmark_e2e.py', 'tools/dev/sweep_tuning.py',
          'tools/dev/compile_kernels.py', 'tools/train.py', 'tools/parity.py',
-         'tools/ddp_parity.py']
+         'tools/ddp_parity.py', 'tools/dev/gaussian_wall_probe.py']
 # Tools run as `python TOOL ARGS` would run them (as __main__, their own directory first on
 # sys.path), one after the other in one interpreter: torch and mmdet are imported once, not once
 # a tool (~7 s each on the 2-core CI machine). [(exit code, stdout, stderr)] of [[tool, *args]].
@@ -58,8 +59,9 @@ def tool_runs(tmp_path_factory):
     - tools/benchmark.py's tiny CPU runs: focal in wall mode, then in host mode appending to the
       same CSV; then --loss qfl / vfl in wall then host mode, one tiny shape, one CSV per loss;
     - tools/benchmark_e2e.py on RetinaNet and RTMDet-tiny ('e2e-r', 'e2e-t');
-    - tools/dev/host_probe.py --loss qfl --quick, and tools/dev/cpu_host_probe.py against a
-      copy of HEAD (last: it stubs the process's kernel launches).
+    - tools/dev/host_probe.py --loss qfl --quick, tools/dev/gaussian_wall_probe.py (which
+      needs CUDA), and tools/dev/cpu_host_probe.py against a copy of HEAD (last: it stubs the
+      process's kernel launches).
     Returns ({tool or run: (exit code, stdout, stderr)}, the output folder)."""
     tmp = tmp_path_factory.mktemp('tools')
     r = subprocess.run(['bash', 'tools/dev/make_baseline.sh', 'HEAD', str(tmp / 'base')],
@@ -81,6 +83,8 @@ def tool_runs(tmp_path_factory):
                      str(tmp / 't')]
     runs['host_probe'] = ['tools/dev/host_probe.py', '--loss', 'qfl', '--quick', '--dtypes',
                           'fp32']
+    # refuses without CUDA; on a GPU machine, its smallest run
+    runs['wall_probe'] = ['tools/dev/gaussian_wall_probe.py', '--batch', '1', '--no-profile']
     runs['cpu_host_probe'] = ['tools/dev/cpu_host_probe.py', '--baseline', str(tmp / 'base'),
                               '--pairs', '2', '--calls', '5', '--rows', '64']
     r = run_tool('-c', _SCRIPTS_DRIVER, json.dumps(list(runs.values())),
@@ -94,6 +98,15 @@ def test_help(tool, tool_runs):
     code, out, err = tool_runs[0][tool]
     assert code == 0, err
     assert 'usage' in out.lower()
+
+
+def test_gaussian_wall_probe(tool_runs):
+    code, out, err = tool_runs[0]['wall_probe']
+    if not torch.cuda.is_available():
+        assert code == 2 and 'needs a CUDA device' in err, (code, out, err)
+        return
+    assert code == 0, err[-2000:]
+    assert 'this     avg_factor tensor fwd ' in out and 'avg_factor float' in out
 
 
 def test_benchmark_tiny_cpu_run(tool_runs):

@@ -28,6 +28,8 @@
 #   bash tests/gpu/run_all.sh host-round # host us vs the previous version (.baseline) and the
 #                                        # floor, focal / QFL / VFL; QFL host mode (< 9.5 min)
 #   bash tests/gpu/run_all.sh family-round  # VFL host mode, QFL / VFL wall, RTMDet-tiny e2e
+#   bash tests/gpu/run_all.sh wall-probe # GaussianFocalLoss: why wall mode exceeds host mode at
+#                                        # CenterNet b16 (this checkout vs .baseline) (< 4 min)
 #   bash tests/gpu/run_all.sh quick      # one call validating a change of the ops: newest focal
 #                                        # tests, family grid, parity fp32, accuracy, key benches
 # The offline machine needs the carried wheels: source tests/gpu/setup_env.sh (done here).
@@ -326,6 +328,18 @@ case "$stage" in
     timeout 200 python3 tools/benchmark_e2e.py --model rtmdet-tiny --batch 32 \
         --precision fp32 bf16 --variants mmdet ours zero --warmup 3 --steps 20 --rounds 3 \
         --profile-steps 3 --out-dir "$OUT" 2>&1 | tee "$OUT/family_e2e.log" | tail -12
+    ;;
+  wall-probe)
+    # GaussianFocalLoss at CenterNet b16: do_bench (flushed, as wall mode) against a back-to-back
+    # loop (as host mode) and synchronised calls, avg_factor tensor / float, this checkout and
+    # .baseline, torch.profiler tables; then host mode with a tensor avg_factor
+    [ -d .baseline/mft_old ] && base="--baseline .baseline" || base=""
+    timeout 150 python3 tools/dev/gaussian_wall_probe.py $base 2>&1 | grep -v -i warn \
+        | tee "$OUT/wall_probe.log" | head -n 8
+    timeout 60 python3 tools/benchmark.py --loss gaussian --mode host --avg-factor tensor \
+        --dtypes fp32 --impls ours compile floor --host-budget 0.1 \
+        --out-dir "$OUT/gaussian_host_tensor" 2>&1 | tee "$OUT/gaussian_host_tensor.log" \
+        | tail -n 6
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

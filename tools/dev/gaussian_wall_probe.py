@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Why can GaussianFocalLoss's loss + backward take longer under tools/benchmark.py's wall mode
+than its host mode says a call costs? On an H100 (2026-12-05), CenterNet batch 16 fp32: wall
+mode 0.547 ms (forward alone 0.118 ms), host mode 226 µs of host time and 227 µs of wall time
+per call, 112 µs of GPU time. The two modes differ in three ways, each varied here on one
+problem, side by side for this checkout and (`--baseline DIR`, made by
+`tools/dev/make_baseline.sh REV DIR`) an older version of the op:
+  avg_factor   a 0-d device tensor (wall mode) or a Python float (host mode's default)
+  fwd / fwd_bwd  triton.testing.do_bench, L2 flushed before each call, the gradient reset
+               (as wall mode)
+  loop         200 calls back to back, the gradient reset, one synchronisation (as host mode)
+  synced       each call synchronised, no flush (median of 50)
+then a torch.profiler table of 10 flushed calls (CPU and GPU time per op) per version.
+  python tools/dev/gaussian_wall_probe.py --baseline .baseline [--batch 16]
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # repo root
+
+
+def _versions(baseline):
+    from mmdet_focal_triton import TritonGaussianFocalLoss
+
+    mods = {'this': TritonGaussianFocalLoss(alpha=2.0, gamma=4.0)}
+    if baseline:
+        sys.path.insert(0, baseline)
+        from mft_old import TritonGaussianFocalLoss as Old
+
+        mods['baseline'] = Old(alpha=2.0, gamma=4.0)
+    return mods
+
+
+def _timings(mod, pred, target, af) -> dict:
+    from triton.testing import do_bench
+
+    def fwd():
+        return mod(pred, target, None, avg_factor=af)
+
+    def step():
+        mod(pred, target, None, avg_factor=af).backward()
+
+    r = {'fwd': do_bench(fwd, warmup=25, rep=100, return_mode='median'),
+         'fwd_bwd': do_bench(step, warmup=25, rep=100, grad_to_none=[pred],
+                             return_mode='median')}
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(200):
+        pred.grad = None
+        step()
+    torch.cuda.synchronize()
+    r['loop'] = (time.perf_counter() - t) / 200 * 1e3
+    ts = []
+    for _ in range(50):
+        pred.grad = None
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
+    r['synced'] = sorted(ts)[len(ts) // 2] * 1e3
+    pred.grad = None
+    return r
+
+
+def _profile(mod, pred, target, af) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = torch.empty(256 << 20, dtype=torch.int8, device='cuda')
+
+    def step():
+        pred.grad = None
+        cache.zero_()
+        mod(pred, target, None, avg_factor=af).backward()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    return '\n'.join(table.table(sort_by=key, row_limit=12, max_name_column_width=48)
+                     for key in ('self_cpu_time_total', 'self_device_time_total'))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split('\n', 1)[1])
+    ap.add_argument('--baseline', default=None, help='folder holding mft_old/ (renamed ops)')
+    ap.add_argument('--batch', type=int, default=16, help="CenterNet's batch (80 x 128 x 128 "
+                    'heatmaps each)')
+    ap.add_argument('--no-profile', action='store_true')
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        ap.error('needs a CUDA device (triton.testing.do_bench, CUDA events)')
+    from mmdet_focal_triton.benchmark.losses.gaussian_focal import HW, make_inputs
+
+    pred, target, _, af = make_inputs(args.batch * HW, 80, torch.float32, 'cuda')
+    mods = _versions(args.baseline)
+    print(f'{torch.cuda.get_device_name()}: CenterNet b{args.batch} fp32, ms per loss + backward')
+    for name, mod in mods.items():
+        for af_name, a in (('tensor', af), ('float', float(af))):
+            r = _timings(mod, pred, target, a)
+            print(f'{name:8s} avg_factor {af_name:6s} ' + '  '.join(
+                f'{k} {v:.3f}' for k, v in r.items()), flush=True)
+    if not args.no_profile:
+        for name, mod in mods.items():
+            print(f'== torch.profiler, {name}: 10 calls, L2 flushed before each, avg_factor '
+                  'tensor')
+            print(_profile(mod, pred, target, af), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
