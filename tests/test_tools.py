@@ -106,7 +106,7 @@ def test_gaussian_wall_probe(tool_runs):
         assert code == 2 and 'needs a CUDA device' in err, (code, out, err)
         return
     assert code == 0, err[-2000:]
-    assert 'this     avg_factor tensor fwd ' in out and 'avg_factor float' in out
+    assert 'this     avg_factor tensor wall fwd ' in out and 'avg_factor float' in out
 
 
 def test_benchmark_tiny_cpu_run(tool_runs):

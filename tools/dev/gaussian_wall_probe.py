@@ -6,10 +6,10 @@ per call, 112 µs of GPU time. The two modes differ in three ways, each varied h
 problem, side by side for this checkout and (`--baseline DIR`, made by
 `tools/dev/make_baseline.sh REV DIR`) an older version of the op:
   avg_factor   a 0-d device tensor (wall mode) or a Python float (host mode's default)
-  fwd / fwd_bwd  triton.testing.do_bench, L2 flushed before each call, the gradient reset
-               (as wall mode)
-  loop         200 calls back to back, the gradient reset, one synchronisation (as host mode)
-  synced       each call synchronised, no flush (median of 50)
+  wall fwd / fwd_bwd   wall mode itself (benchmark/wall.py: do_bench, L2 flushed before each
+                       call, the gradient reset)
+  host-mode host / wall  host mode itself (benchmark/host.py: calls back to back, no flush)
+  synced               each call synchronised, no flush (median of 50)
 then a torch.profiler table of 10 flushed calls (CPU and GPU time per op) per version.
   python tools/dev/gaussian_wall_probe.py --baseline .baseline [--batch 16]
 """
@@ -35,36 +35,28 @@ def _versions(baseline):
     return mods
 
 
-def _timings(mod, pred, target, af) -> dict:
-    from triton.testing import do_bench
+def _timings(mod, inputs, af_kind: str) -> dict:
+    """ms per call: wall mode's fwd / fwd_bwd (`benchmark.wall.measure_wall`), host mode's host
+    and wall time (`benchmark.host.measure_host`), and the median of 50 synchronised calls."""
+    from mmdet_focal_triton.benchmark.host import loss_backward_step, measure_host
+    from mmdet_focal_triton.benchmark.wall import measure_wall
 
-    def fwd():
-        return mod(pred, target, None, avg_factor=af)
-
-    def step():
-        mod(pred, target, None, avg_factor=af).backward()
-
-    r = {'fwd': do_bench(fwd, warmup=25, rep=100, return_mode='median'),
-         'fwd_bwd': do_bench(step, warmup=25, rep=100, grad_to_none=[pred],
-                             return_mode='median')}
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(200):
-        pred.grad = None
-        step()
-    torch.cuda.synchronize()
-    r['loop'] = (time.perf_counter() - t) / 200 * 1e3
+    pred, target, weight, af = inputs
+    wall_inputs = (pred, target, weight, af if af_kind == 'tensor' else float(af))
+    wall = {r['mode']: r['ms'] for r in measure_wall(mod, wall_inputs, 'cuda')}
+    host = measure_host(mod, inputs, 'cuda', avg_factor=af_kind)
+    step = loss_backward_step(mod, inputs, af_kind)
     ts = []
     for _ in range(50):
-        pred.grad = None
         torch.cuda.synchronize()
         t = time.perf_counter()
         step()
         torch.cuda.synchronize()
         ts.append(time.perf_counter() - t)
-    r['synced'] = sorted(ts)[len(ts) // 2] * 1e3
     pred.grad = None
-    return r
+    return {'wall fwd': wall['fwd'], 'wall fwd_bwd': wall['fwd_bwd'],
+            'host-mode host': host['host_us'] / 1e3, 'host-mode wall': host['wall_us'] / 1e3,
+            'synced': sorted(ts)[len(ts) // 2] * 1e3}
 
 
 def _profile(mod, pred, target, af) -> str:
@@ -101,13 +93,14 @@ def main(argv=None) -> int:
         ap.error('needs a CUDA device (triton.testing.do_bench, CUDA events)')
     from mmdet_focal_triton.benchmark.losses.gaussian_focal import HW, make_inputs
 
-    pred, target, _, af = make_inputs(args.batch * HW, 80, torch.float32, 'cuda')
+    inputs = make_inputs(args.batch * HW, 80, torch.float32, 'cuda')
+    pred, target, _, af = inputs
     mods = _versions(args.baseline)
     print(f'{torch.cuda.get_device_name()}: CenterNet b{args.batch} fp32, ms per loss + backward')
     for name, mod in mods.items():
-        for af_name, a in (('tensor', af), ('float', float(af))):
-            r = _timings(mod, pred, target, a)
-            print(f'{name:8s} avg_factor {af_name:6s} ' + '  '.join(
+        for af_kind in ('tensor', 'float'):
+            r = _timings(mod, inputs, af_kind)
+            print(f'{name:8s} avg_factor {af_kind:6s} ' + '  '.join(
                 f'{k} {v:.3f}' for k, v in r.items()), flush=True)
     if not args.no_profile:
         for name, mod in mods.items():
