@@ -6,6 +6,7 @@ is set here, before any test module imports the package.
 """
 import os
 
+import _resume
 import pytest
 
 try:
@@ -108,15 +109,25 @@ def _file_rank(item):
                 len(LONGEST_FIRST))
 
 
+def _deselect(config, items, drop) -> None:
+    gone = [item for item in items if drop(item)]
+    if gone:
+        config.hook.pytest_deselected(items=gone)
+        items[:] = [item for item in items if not drop(item)]
+
+
 def pytest_collection_modifyitems(config, items):
     """Without a GPU, the tests marked `cuda` are collected and deselected (the summary line
     counts them: "N deselected"); they run on the GPU machine (README, Tests). The marker
-    decides, not the keywords: a parametrize id 'cuda' is a keyword of a CPU test too."""
+    decides, not the keywords: a parametrize id 'cuda' is a keyword of a CPU test too.
+    With `PYTEST_RESUME_JUNIT` set, the cases those JUnit reports record as passed are
+    deselected as well (`_resume.py`: a stopped run's remainder)."""
     if not HAS_CUDA:
-        cuda = [item for item in items if item.get_closest_marker('cuda') is not None]
-        if cuda:
-            config.hook.pytest_deselected(items=cuda)
-            items[:] = [item for item in items if item.get_closest_marker('cuda') is None]
+        _deselect(config, items, lambda item: item.get_closest_marker('cuda') is not None)
+    resume = _resume.resume_paths(os.environ.get('PYTEST_RESUME_JUNIT'))
+    if resume:
+        done = _resume.passed_in(resume)
+        _deselect(config, items, lambda item: _resume.junit_address(item.nodeid) in done)
     items.sort(key=_file_rank)  # stable: each file's tests keep their order
 
 

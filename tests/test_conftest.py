@@ -1,6 +1,13 @@
 """tests/conftest.py: tests marked `cuda` are deselected (and counted) without a GPU; nothing
-else is, whatever its parameters are called; the longest test files come first; the Triton
-interpreter's faster language patching patches what Triton's own does."""
+else is, whatever its parameters are called; the cases a stopped run's JUnit report records as
+passed are deselected under PYTEST_RESUME_JUNIT (`_resume.py`); the longest test files come
+first; the Triton interpreter's faster language patching patches what Triton's own does."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import _resume
 import conftest
 import pytest
 
@@ -49,6 +56,81 @@ def test_longest_files_first_each_keeping_its_order():
     assert [i.nodeid for i in items] == [
         'tests/test_tools.py::t1', 'tests/test_tools.py::t2', 'tests/parity/test_run.py::t1',
         'tests/test_a.py::t1', 'tests/test_a.py::t2']
+
+
+
+# a run to resume: parameter ids with '.', '/' and '::', a class, and cases that pass, fail,
+# are skipped and error in teardown; each case records its node id
+_RUN = textwrap.dedent("""
+    import pytest
+
+    @pytest.fixture
+    def broken_teardown():
+        yield
+        raise RuntimeError('teardown')
+
+    @pytest.fixture(autouse=True)
+    def record(request):
+        yield
+        with open('ids.txt', 'a') as f:
+            f.write(request.node.nodeid + '\\n')
+
+    @pytest.mark.parametrize('x', ['a.b', 'c/d', 'e::f', 1])
+    def test_param(x):
+        pass
+
+    class TestGroup:
+        def test_passes(self):
+            pass
+
+        def test_fails(self):
+            assert False
+
+    def test_skipped():
+        pytest.skip('no')
+
+    def test_teardown_error(broken_teardown):
+        pass
+""")
+PASSED = ('test_param[a.b]', 'test_param[c/d]', 'test_param[e::f]', 'test_param[1]',
+          'TestGroup::test_passes')
+
+
+def test_resume_deselects_exactly_what_passed(tmp_path, monkeypatch):
+    """pytest's own JUnit report of a run (a subprocess, outside this suite's configuration):
+    `_resume` reads back the node ids of the cases that passed, and only those; the hook
+    deselects them, and keeps the rest."""
+    sub = tmp_path / 'sub'
+    sub.mkdir()
+    (sub / 'test_run.py').write_text(_RUN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('PYTEST', 'TRITON'))}
+    proc = subprocess.run([sys.executable, '-m', 'pytest', 'sub/test_run.py', '-q', '-p',
+                           'no:cacheprovider', '-p', 'no:xdist', '-p', 'no:randomly',
+                           '--junitxml', 'report.xml'], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    # the teardown error's call passed: pytest counts it as passed and as an error
+    assert '1 failed, 6 passed, 1 skipped, 1 error' in proc.stdout, proc.stdout[-2000:]
+    ids = (tmp_path / 'ids.txt').read_text().split()
+    assert len(ids) == 8  # every case, the skipped one included
+    passed = {f'sub/test_run.py::{name}' for name in PASSED}
+    assert passed <= set(ids)
+    done = _resume.passed_in([str(tmp_path / 'report.xml')])
+    assert done == {_resume.junit_address(i) for i in passed}
+
+    monkeypatch.setenv('PYTEST_RESUME_JUNIT', os.pathsep + str(tmp_path / 'report.xml'))
+    items = [_Item([], None, i) for i in ids]
+    config = _Config()
+    conftest.pytest_collection_modifyitems(config, items)
+    assert sorted(i.nodeid for i in config.deselected) == sorted(passed)
+    assert sorted(i.nodeid for i in items) == sorted(set(ids) - passed)
+
+
+def test_junit_address_follows_pytest():
+    assert _resume.junit_address('tests/a/test_b.py::TestC::test_d[x::y.z/w]') == (
+        'tests.a.test_b.TestC', 'test_d[x::y.z/w]')
+    assert _resume.junit_address('tests/test_b.py::test_d') == ('tests.test_b', 'test_d')
+    assert _resume.resume_paths(None) == [] and _resume.resume_paths(
+        os.pathsep.join(['a.xml', '', 'b.xml'])) == ['a.xml', 'b.xml']
 
 
 @pytest.mark.skipif(not conftest.INTERPRETER, reason='the Triton interpreter is not in use here')

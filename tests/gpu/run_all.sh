@@ -31,7 +31,10 @@
 #   bash tests/gpu/run_all.sh grid-numbers  # the whole CUDA grid in two calls: the float64
 #   bash tests/gpu/run_all.sh grid-rest  # grids of test_family_numbers.py (3,907 cases), then
 #                                        # every other cuda test but the at-scale modules
-#                                        # (5,165; 2,899 of them took 143 s on an H100 at -n 15)
+#                                        # (5,165; 2,899 of them took 143 s on an H100 at -n 15);
+#                                        # a stage the limit stops resumes: copy its
+#                                        # $OUT/<stage>-*.xml into .gpu-resume/, carry it, run
+#                                        # the stage again (tests/_resume.py)
 #   bash tests/gpu/run_all.sh wall-probe # GaussianFocalLoss: why wall mode exceeds host mode at
 #                                        # CenterNet b16 (this checkout vs .baseline) (< 4 min)
 #   bash tests/gpu/run_all.sh quick      # one call validating a change of the ops: newest focal
@@ -342,9 +345,17 @@ case "$stage" in
       files=(tests --ignore=tests/test_family_numbers.py --ignore=tests/test_gpu_scale.py
              --ignore=tests/test_family_gpu.py)
     fi
+    # what earlier calls of this stage passed (their reports, carried in .gpu-resume/) is
+    # deselected (tests/_resume.py); SIGINT makes pytest write the report of what ran
+    shopt -s nullglob
+    done_xml=(.gpu-resume/"$stage"-*.xml)
+    shopt -u nullglob
+    resume=$(IFS=:; echo "${done_xml[*]}")
+    [ -n "$resume" ] && echo "$stage: resuming after ${#done_xml[@]} report(s): $resume"
     t0=$SECONDS
-    timeout -s INT 540 python3 -m pytest "${files[@]}" -m cuda -q -n 15 -p no:cacheprovider \
-        --junitxml="$OUT/$stage.xml" > "$OUT/$stage.log" 2>&1
+    PYTEST_RESUME_JUNIT="$resume" timeout -s INT 540 python3 -m pytest "${files[@]}" -m cuda \
+        -q -n 15 -p no:cacheprovider --junitxml="$OUT/$stage-$(date +%H%M%S).xml" \
+        > "$OUT/$stage.log" 2>&1
     echo "$stage: exit $? in $((SECONDS - t0)) s"
     tail -n 1 "$OUT/$stage.log"; grep -E '^FAILED|^ERROR' "$OUT/$stage.log" | head -n 12
     ;;
