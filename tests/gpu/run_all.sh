@@ -34,7 +34,8 @@
 #                                        # (5,165; 2,899 of them took 143 s on an H100 at -n 15);
 #                                        # a stage the limit stops resumes: copy its
 #                                        # $OUT/<stage>-*.xml into .gpu-resume/, carry it, run
-#                                        # the stage again (tests/_resume.py)
+#                                        # the stage again (tests/_resume.py); GRID_LIMIT_S
+#                                        # (default 540) shortens a stage to share a call
 #   bash tests/gpu/run_all.sh wall-probe # GaussianFocalLoss: why wall mode exceeds host mode at
 #                                        # CenterNet b16 (this checkout vs .baseline) (< 4 min)
 #   bash tests/gpu/run_all.sh quick      # one call validating a change of the ops: newest focal
@@ -353,7 +354,7 @@ case "$stage" in
     resume=$(IFS=:; echo "${done_xml[*]}")
     [ -n "$resume" ] && echo "$stage: resuming after ${#done_xml[@]} report(s): $resume"
     t0=$SECONDS
-    PYTEST_RESUME_JUNIT="$resume" timeout -s INT 540 python3 -m pytest "${files[@]}" -m cuda \
+    PYTEST_RESUME_JUNIT="$resume" timeout -s INT "${GRID_LIMIT_S:-540}" python3 -m pytest "${files[@]}" -m cuda \
         -q -n 15 -p no:cacheprovider --junitxml="$OUT/$stage-$(date +%H%M%S).xml" \
         > "$OUT/$stage.log" 2>&1
     echo "$stage: exit $? in $((SECONDS - t0)) s"
