@@ -110,10 +110,12 @@ def _file_rank(item):
 
 
 def _deselect(config, items, drop) -> None:
-    gone = [item for item in items if drop(item)]
+    keep, gone = [], []
+    for item in items:
+        (gone if drop(item) else keep).append(item)
     if gone:
         config.hook.pytest_deselected(items=gone)
-        items[:] = [item for item in items if not drop(item)]
+        items[:] = keep
 
 
 def pytest_collection_modifyitems(config, items):

@@ -354,9 +354,9 @@ case "$stage" in
     resume=$(IFS=:; echo "${done_xml[*]}")
     [ -n "$resume" ] && echo "$stage: resuming after ${#done_xml[@]} report(s): $resume"
     t0=$SECONDS
-    PYTEST_RESUME_JUNIT="$resume" timeout -s INT "${GRID_LIMIT_S:-540}" python3 -m pytest "${files[@]}" -m cuda \
-        -q -n 15 -p no:cacheprovider --junitxml="$OUT/$stage-$(date +%H%M%S).xml" \
-        > "$OUT/$stage.log" 2>&1
+    PYTEST_RESUME_JUNIT="$resume" timeout -s INT "${GRID_LIMIT_S:-540}" \
+        python3 -m pytest "${files[@]}" -m cuda -q -n 15 -p no:cacheprovider \
+        --junitxml="$OUT/$stage-$(date +%H%M%S).xml" > "$OUT/$stage.log" 2>&1
     echo "$stage: exit $? in $((SECONDS - t0)) s"
     tail -n 1 "$OUT/$stage.log"; grep -E '^FAILED|^ERROR' "$OUT/$stage.log" | head -n 12
     ;;

@@ -56,16 +56,24 @@ def default_shapes(quick: bool = False) -> list[tuple[str, int, int]]:
     return [(f'centernet-b{b}', b * HW, 80) for b in (2, 16)]
 
 
+def _registry_call(module):
+    """The registry's call `fn(pred, target, weight, avg_factor=...)` on a GaussianFocalLoss
+    module, whose third positional argument is `pos_inds` (CenterNet-update's form)."""
+    def call(pred, target, weight=None, avg_factor=None):
+        return module(pred, target, weight=weight, avg_factor=avg_factor)
+    return call
+
+
 def _ours():
     from mmdet_focal_triton import TritonGaussianFocalLoss
 
-    return TritonGaussianFocalLoss(alpha=ALPHA, gamma=GAMMA)
+    return _registry_call(TritonGaussianFocalLoss(alpha=ALPHA, gamma=GAMMA))
 
 
 def _mmdet_module():
     from mmdet.models.losses import GaussianFocalLoss
 
-    return GaussianFocalLoss(alpha=ALPHA, gamma=GAMMA)
+    return _registry_call(GaussianFocalLoss(alpha=ALPHA, gamma=GAMMA))
 
 
 def _mmdet_function():
