@@ -28,7 +28,7 @@
 #   bash tests/gpu/run_all.sh host-round # host us vs the previous version (.baseline) and the
 #                                        # floor, focal / QFL / VFL; QFL host mode (< 9.5 min)
 #   bash tests/gpu/run_all.sh family-round  # VFL host mode, QFL / VFL wall, RTMDet-tiny e2e
-#   bash tests/gpu/run_all.sh grid-numbers  # the whole CUDA grid in two calls: the float64
+#   bash tests/gpu/run_all.sh grid-numbers  # the whole CUDA grid in two stages: the float64
 #   bash tests/gpu/run_all.sh grid-rest  # grids of test_family_numbers.py (3,907 cases), then
 #                                        # every other cuda test but the at-scale modules
 #                                        # (5,165; 2,899 of them took 143 s on an H100 at -n 15);
@@ -338,8 +338,10 @@ case "$stage" in
         --profile-steps 3 --out-dir "$OUT" 2>&1 | tee "$OUT/family_e2e.log" | tail -12
     ;;
   grid-numbers|grid-rest)
-    # the CUDA grid in two calls (the `tests` and `launch` stages' subsets did not fit one call
-    # on 2026-12-05: 5,036 of 6,171 cases in 498 s on an H100); a JUnit XML of what ran
+    # the CUDA grid in two stages (the `tests` and `launch` stages' subsets did not fit one call
+    # on 2026-12-05: 5,036 of 6,171 cases in 498 s on an H100); a JUnit XML of what ran. On an
+    # H200 (2026-12-05, -n 15) grid-rest took 289 s, grid-numbers 546 + 318 s (two calls, the
+    # second resuming): three device calls for the whole grid
     if [ "$stage" = grid-numbers ]; then
       files=(tests/test_family_numbers.py)
     else
@@ -365,8 +367,10 @@ case "$stage" in
     # loop (as host mode) and synchronised calls, avg_factor tensor / float, this checkout and
     # .baseline, torch.profiler tables; then host mode with a tensor avg_factor
     [ -d .baseline/mft_old ] && base="--baseline .baseline" || base=""
+    # the whole log to the file first (a `tee | head` pipe stops tee, and the log, at head's end)
     timeout 150 python3 tools/dev/gaussian_wall_probe.py $base 2>&1 | grep -v -i warn \
-        | tee "$OUT/wall_probe.log" | head -n 8
+        > "$OUT/wall_probe.log"
+    head -n 8 "$OUT/wall_probe.log"
     timeout 60 python3 tools/benchmark.py --loss gaussian --mode host --avg-factor tensor \
         --dtypes fp32 --impls ours compile floor --host-budget 0.1 \
         --out-dir "$OUT/gaussian_host_tensor" 2>&1 | tee "$OUT/gaussian_host_tensor.log" \

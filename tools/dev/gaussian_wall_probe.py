@@ -10,6 +10,11 @@ problem, side by side for this checkout and (`--baseline DIR`, made by
                        call, the gradient reset)
   host-mode host / wall  host mode itself (benchmark/host.py: calls back to back, no flush)
   synced               each call synchronised, no flush (median of 50)
+  events / ahead       do_bench's own loop written out (L2 flushed, CUDA events around each
+                       call, median of 100), without and with a 2 ms GPU sleep queued before
+                       each call's start event: with the head start the host has enqueued the
+                       whole call before the GPU reaches it, so `ahead` is the GPU's time alone,
+                       and `events` - `ahead` is the host time the GPU waited for
 then a torch.profiler table of 10 flushed calls (CPU and GPU time per op) per version.
   python tools/dev/gaussian_wall_probe.py --baseline .baseline [--batch 16]
 """
@@ -54,9 +59,32 @@ def _timings(mod, inputs, af_kind: str) -> dict:
         torch.cuda.synchronize()
         ts.append(time.perf_counter() - t)
     pred.grad = None
-    return {'wall fwd': wall['fwd'], 'wall fwd_bwd': wall['fwd_bwd'],
+    ev = {f'events{suffix}': _event_ms(step, ahead) for suffix, ahead in (('', 0), (' ahead', 2))}
+    return {**ev, 'wall fwd': wall['fwd'], 'wall fwd_bwd': wall['fwd_bwd'],
             'host-mode host': host['host_us'] / 1e3, 'host-mode wall': host['wall_us'] / 1e3,
             'synced': sorted(ts)[len(ts) // 2] * 1e3}
+
+
+def _event_ms(step, ahead_ms: float, reps: int = 100) -> float:
+    """Median ms between CUDA events around `step()`, L2 flushed before each call (as do_bench),
+    after a GPU sleep of `ahead_ms` (0: none) queued before the start event."""
+    from triton.runtime import driver
+
+    cache = driver.active.get_empty_cache_for_benchmark()
+    cycles = int(ahead_ms * 2e6)  # at most 2 GHz SM clock: at least ahead_ms
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+             for _ in range(reps)]
+    torch.cuda.synchronize()
+    for start, end in pairs:
+        driver.active.clear_cache(cache)
+        if cycles:
+            torch.cuda._sleep(cycles)
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    ts = sorted(s.elapsed_time(e) for s, e in pairs)
+    return ts[len(ts) // 2]
 
 
 def _profile(mod, pred, target, af) -> str:
