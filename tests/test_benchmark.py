@@ -490,7 +490,6 @@ def test_gaussian_family_like_centernet():
     assert fam.make_inputs(30, 4, torch.float32, 'cpu')[0].shape == (30, 4)
 
 
-
 def test_gaussian_peers_take_the_weight_as_the_registry_passes_it():
     """The registry calls fn(pred, target, weight, avg_factor=...); GaussianFocalLoss's third
     positional argument is pos_inds, so the peers must hand the weight on by name: each gives
@@ -506,6 +505,7 @@ def test_gaussian_peers_take_the_weight_as_the_registry_passes_it():
         with fam.impls[name].context():
             got = fam.impls[name].build()(pred, target, weight, avg_factor=float(af))
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=0, msg=name)
+
 
 def test_scores_in_pred_dtype_casts_once_per_target():
     from mmdet_focal_triton.benchmark.losses.quality_focal import scores_in_pred_dtype

@@ -107,6 +107,7 @@ def test_gaussian_wall_probe(tool_runs):
         return
     assert code == 0, err[-2000:]
     assert 'this     avg_factor tensor wall fwd ' in out and 'avg_factor float' in out
+    assert ' events ' in out and ' events ahead ' in out
 
 
 def test_benchmark_tiny_cpu_run(tool_runs):
